@@ -1,0 +1,26 @@
+"""Grants: one module per grant, plus the shared OpenID extension.
+
+- ``qr_ticket``: the QR ticket grant (and RFC 8628 device code, the same tickets)
+- ``authorization_code``: code + PKCE behind the hosted login page
+- ``tickets``: the ticket state machine both the grants and the mobile endpoints use
+- ``openid``: the ID token, for every grant
+"""
+
+from .authorization_code import AuthorizationCodeGrant, CodeChallenge
+from .openid import OpenIDCode, OpenIDToken
+from .qr_ticket import DeviceCodeGrant, QRTicketGrant
+
+
+def register(server, parts) -> None:
+    """Register every grant on Authlib's server, bound to the app's storage and keys."""
+    for cls in (QRTicketGrant, DeviceCodeGrant):
+        bound = type(cls.__name__, (cls,), {"tickets": parts.tickets})
+        server.register_grant(bound, [_bind(OpenIDToken, parts)()])
+    code = type("AuthorizationCodeGrant", (AuthorizationCodeGrant,), {"parts": parts})
+    server.register_grant(
+        code, [CodeChallenge(required=True), _bind(OpenIDCode, parts)(require_nonce=False)]
+    )
+
+
+def _bind(cls, parts):
+    return type(cls.__name__, (cls,), {"parts": parts})

@@ -1,0 +1,89 @@
+"""The OpenID Connect extension shared by every grant: it adds the ID token to a token response.
+
+Authlib's ``OpenIDToken`` reads ``nonce`` and ``auth_time`` only from an authorization code; here
+the credential may also be a ticket (QR grant, device flow) or the token a refresh token renews.
+All three answer ``get_nonce()``, ``get_auth_time()`` and ``get_amr()``. The ID token is signed
+with the active key of the client's algorithm, its ``kid`` pinned in the header.
+"""
+
+from __future__ import annotations
+
+import time
+
+from authlib.oauth2.rfc6749.util import scope_to_list
+from authlib.oidc.core.grants import OpenIDCode as _OpenIDCode
+from authlib.oidc.core.grants import OpenIDToken as _OpenIDToken
+from authlib.oidc.core.util import create_half_hash
+from joserfc import jwt
+from sqlalchemy import select
+
+from provider.models import AuthorizationCode
+
+
+def user_claims(user, scope: str) -> dict:
+    """The claims the scopes grant (OIDC Core §5.4), for the ID token and userinfo."""
+    scopes = set(scope_to_list(scope) or [])
+    claims = {"sub": user.sub}
+    if "profile" in scopes:
+        claims["name"] = user.name or user.username
+        claims["preferred_username"] = user.username
+        if user.picture:
+            claims["picture"] = user.picture
+    if "email" in scopes and user.email:
+        claims["email"] = user.email
+        claims["email_verified"] = False
+    return claims
+
+
+class _IDTokenMixin:
+    parts = None  # set by the app factory: settings, keys
+
+    def generate_user_info(self, user, scope):
+        return user_claims(user, scope)
+
+    def encode_id_token(self, token, request):
+        settings, keys = self.parts.settings, self.parts.keys
+        client = request.client
+        alg = client.id_token_signed_response_alg or settings["SIGNING_ALG"]
+        key = keys.signing_key(alg)
+        credential = (
+            getattr(request, "credential", None)
+            or getattr(request, "authorization_code", None)
+            or getattr(request, "refresh_token", None)
+        )
+        issued = int(time.time())
+        claims = {
+            "iss": settings["ISSUER"],
+            "aud": client.client_id,
+            "iat": issued,
+            "exp": issued + int(settings["ID_TOKEN_TTL"]),
+        }
+        if credential is not None:
+            if nonce := credential.get_nonce():
+                claims["nonce"] = nonce
+            if auth_time := credential.get_auth_time():
+                claims["auth_time"] = auth_time
+            if amr := credential.get_amr():
+                claims["amr"] = amr
+        at_hash = create_half_hash(token["access_token"], alg if alg != "EdDSA" else "EdDSA")
+        if at_hash is not None:
+            claims["at_hash"] = at_hash.decode()
+        claims.update(self.generate_user_info(request.user, token["scope"]))
+        return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, [alg])
+
+
+class OpenIDToken(_IDTokenMixin, _OpenIDToken):
+    """For grants without an authorization request: QR ticket, device code, refresh token."""
+
+
+class OpenIDCode(_IDTokenMixin, _OpenIDCode):
+    """For the authorization code grant: also checks ``nonce`` and ``prompt`` at /authorize."""
+
+    def exists_nonce(self, nonce, request):
+        session = self.parts.db.session
+        return session.scalar(
+            select(AuthorizationCode.code_hash).where(
+                AuthorizationCode.client_id == request.payload.client_id,
+                AuthorizationCode.nonce == nonce,
+            )
+        ) is not None

@@ -1,0 +1,283 @@
+"""Login tickets: creation and every state transition, each one atomic.
+
+```
+pending --scan--> scanned --approve--> approved --token poll--> redeemed
+   |                 |--deny-------> denied
+   +------ any state before redeemed passes expires_at ------> expired
+```
+
+Every transition is a single conditional ``UPDATE tickets SET ... WHERE id = ? AND status = ?
+AND expires_at > now``; a row count of 0 means another request (maybe on another instance) got
+there first, and the caller reloads to say why. Nothing is read-then-written.
+
+The three secrets of a ticket are stored only as SHA-256 digests: ``ticket`` (the poll secret,
+held by the web client), ``scan_code`` (what the QR encodes) and ``user_code`` (typed by hand,
+derived from the scan code so the scan response can show it).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import case, select, update
+from sqlalchemy.exc import IntegrityError
+
+from provider.models import Client, Ticket, User, now
+from provider.security import (
+    binding_choices,
+    binding_code,
+    digest,
+    new_id,
+    new_secret,
+    normalize_user_code,
+    user_code_for,
+)
+
+
+class TicketError(Exception):
+    """A mobile-side refusal: ``error`` code and HTTP status, as SPEC.md lists them."""
+
+    def __init__(self, error: str, status: int, description: str):
+        super().__init__(description)
+        self.error = error
+        self.status = status
+        self.description = description
+
+
+@dataclass
+class NewTicket:
+    row: Ticket
+    ticket: str
+    scan_code: str
+    user_code: str
+
+
+class Tickets:
+    """Ticket storage and the state machine; one instance per app, sessions from ``db``."""
+
+    def __init__(self, db, settings: dict, notifier):
+        self.db = db
+        self.ttl = int(settings["TICKET_TTL"])
+        self.interval = int(settings["POLL_INTERVAL"])
+        self.max_interval = int(settings["MAX_POLL_INTERVAL"])
+        self.retention = int(settings["EXPIRED_RETENTION"])
+        self.notifier = notifier
+
+    # -- creation ----------------------------------------------------------------------------
+    def create(
+        self,
+        client: Client,
+        scope: str,
+        *,
+        kind: str = "qr",
+        nonce: str | None = None,
+        code_challenge: str | None = None,
+        code_challenge_method: str | None = None,
+        requester_ip: str | None = None,
+        requester_ua: str | None = None,
+        auth_request: dict | None = None,
+    ) -> NewTicket:
+        session = self.db.session
+        for _attempt in range(5):
+            ticket, scan_code = new_secret(), secrets.token_urlsafe(22)
+            user_code = user_code_for(scan_code)
+            created = now()
+            row = Ticket(
+                id=new_id(),
+                ticket_hash=digest(ticket),
+                scan_code_hash=digest(scan_code),
+                user_code_hash=digest(user_code),
+                kind=kind,
+                client_id=client.client_id,
+                scope=scope,
+                nonce=nonce,
+                code_challenge=code_challenge,
+                code_challenge_method=code_challenge_method,
+                binding_code=binding_code() if client.number_matching else None,
+                status="pending",
+                requester_ip=requester_ip,
+                requester_ua=(requester_ua or "")[:512] or None,
+                created_at=created,
+                expires_at=created + self.ttl,
+                poll_interval=self.interval,
+                auth_request=auth_request,
+            )
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                # a user code (34 bits) met a live one: draw new codes
+                session.rollback()
+                continue
+            return NewTicket(row, ticket, scan_code, user_code)
+        raise RuntimeError("could not draw a unique user code")
+
+    # -- lookups -----------------------------------------------------------------------------
+    def by_ticket(self, ticket: str) -> Ticket | None:
+        if not isinstance(ticket, str) or not ticket or len(ticket) > 200:
+            return None
+        return self.db.session.scalar(select(Ticket).where(Ticket.ticket_hash == digest(ticket)))
+
+    def by_code(self, scan_code: str | None, user_code: str | None) -> tuple[Ticket | None, str | None]:
+        """The ticket a phone means, and its user code (to show); by scan code or typed user code."""
+        if isinstance(scan_code, str) and scan_code:
+            if len(scan_code) > 200:
+                return None, None
+            row = self.db.session.scalar(
+                select(Ticket).where(Ticket.scan_code_hash == digest(scan_code))
+            )
+            return row, user_code_for(scan_code) if row else None
+        code = normalize_user_code(user_code) if user_code else None
+        if code is None:
+            return None, None
+        row = self.db.session.scalar(select(Ticket).where(Ticket.user_code_hash == digest(code)))
+        return row, code
+
+    def reload(self, row: Ticket) -> Ticket:
+        self.db.session.refresh(row)
+        return row
+
+    # -- the web client's side ---------------------------------------------------------------
+    def note_poll(self, row: Ticket, at: float) -> bool:
+        """Record a token poll; False when it came too early (the caller answers ``slow_down``).
+
+        The check and the bookkeeping are one conditional UPDATE on the ticket's row, so the
+        interval holds across instances. A poll up to 20% early (network jitter) is let through;
+        the first poll always is. A too-early poll grows the interval by 5 s, never past the
+        maximum, and counts as a poll itself. Committed at once, whatever the poll answers.
+        """
+        session = self.db.session
+        on_time = session.execute(
+            update(Ticket)
+            .where(
+                Ticket.id == row.id,
+                (Ticket.last_poll_at.is_(None))
+                | (Ticket.last_poll_at + Ticket.poll_interval * 0.8 <= at),
+            )
+            .values(last_poll_at=at)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not on_time:
+            session.execute(
+                update(Ticket)
+                .where(Ticket.id == row.id)
+                .values(
+                    last_poll_at=at,
+                    poll_interval=case(
+                        (Ticket.poll_interval + 5 > self.max_interval, self.max_interval),
+                        else_=Ticket.poll_interval + 5,
+                    ),
+                )
+                .execution_options(synchronize_session=False)
+            )
+        session.commit()
+        return bool(on_time)
+
+    def redeem(self, row: Ticket, at: float) -> bool:
+        """approved -> redeemed, once. Not committed here: the caller commits it with the tokens."""
+        return bool(
+            self.db.session.execute(
+                update(Ticket)
+                .where(Ticket.id == row.id, Ticket.status == "approved", Ticket.expires_at > at)
+                .values(status="redeemed", redeemed_at=at)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        )
+
+    # -- the phone's side --------------------------------------------------------------------
+    def _transition(self, row: Ticket, expected: str, at: float, **values) -> bool:
+        conditions = [Ticket.id == row.id, Ticket.status == expected, Ticket.expires_at > at]
+        if expected == "scanned":
+            conditions.append(Ticket.user_id == values.pop("by_user"))
+        done = self.db.session.execute(
+            update(Ticket).where(*conditions).values(**values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        self.db.session.commit()
+        if done:
+            self.notifier.publish(row.id)
+        self.reload(row)
+        return bool(done)
+
+    @staticmethod
+    def _refuse_unless_live(row: Ticket | None, at: float) -> Ticket:
+        if row is None:
+            raise TicketError("unknown_code", 404, "No ticket has this code.")
+        if row.status in ("approved", "denied", "redeemed"):
+            raise TicketError("invalid_state", 409, f"The ticket is already {row.status}.")
+        if row.is_expired(at):
+            raise TicketError("expired", 410, "The ticket has expired.")
+        return row
+
+    def scan(self, row: Ticket | None, user: User) -> Ticket:
+        at = now()
+        row = self._refuse_unless_live(row, at)
+        if row.status == "pending":
+            if self._transition(row, "pending", at, status="scanned", user_id=user.id, scanned_at=at):
+                return row
+            row = self._refuse_unless_live(row, now())
+        if row.user_id != user.id:
+            raise TicketError("already_scanned", 409, "Another user has scanned this ticket.")
+        return row  # the same user scanning again (an app retry) sees the same screen
+
+    def _refuse_unless_scanned_by(self, row: Ticket | None, user: User, at: float) -> Ticket:
+        row = self._refuse_unless_live(row, at)
+        if row.status == "pending":
+            raise TicketError("invalid_state", 409, "Scan the ticket before deciding.")
+        if row.user_id != user.id:
+            raise TicketError("access_denied", 403, "Another user scanned this ticket.")
+        return row
+
+    def approve(self, row: Ticket | None, user: User, binding: str | None) -> Ticket:
+        at = now()
+        row = self._refuse_unless_scanned_by(row, user, at)
+        if row.binding_code is not None:
+            if not isinstance(binding, str) or not binding:
+                raise TicketError("invalid_request", 400, "Number matching: send binding_code.")
+            if not secrets.compare_digest(binding.encode(), row.binding_code.encode()):
+                self._transition(row, "scanned", at, by_user=user.id, status="denied", decided_at=at)
+                raise TicketError(
+                    "binding_mismatch", 403, "The number does not match; the login was cancelled."
+                )
+        if not self._transition(row, "scanned", at, by_user=user.id, status="approved", decided_at=at):
+            self._refuse_unless_scanned_by(row, user, now())
+            raise TicketError("invalid_state", 409, "The ticket changed meanwhile.")
+        return row
+
+    def deny(self, row: Ticket | None, user: User) -> Ticket:
+        at = now()
+        row = self._refuse_unless_scanned_by(row, user, at)
+        if not self._transition(row, "scanned", at, by_user=user.id, status="denied", decided_at=at):
+            self._refuse_unless_scanned_by(row, user, now())
+            raise TicketError("invalid_state", 409, "The ticket changed meanwhile.")
+        return row
+
+    def scan_view(self, row: Ticket, user_code: str, client: Client) -> dict:
+        """What the phone shows before the user decides (SPEC.md: scan response fields)."""
+        view = {
+            "client": {
+                "client_id": client.client_id,
+                "name": client.name,
+                "logo_uri": client.logo_uri,
+            },
+            "scopes": row.scope.split() if row.scope else [],
+            "requester": {"ip": row.requester_ip, "user_agent": row.requester_ua},
+            "created_at": int(row.created_at),
+            "expires_at": int(row.expires_at),
+            "user_code": user_code,
+            "status": row.public_status(),
+        }
+        if row.binding_code is not None:
+            view["binding_choices"] = binding_choices(row.binding_code, row.id)
+        return view
+
+    # -- upkeep ------------------------------------------------------------------------------
+    def purge(self) -> int:
+        """Delete tickets that expired more than the retention time ago (or were redeemed then)."""
+        from sqlalchemy import delete
+
+        cutoff = now() - self.retention
+        result = self.db.session.execute(delete(Ticket).where(Ticket.expires_at < cutoff))
+        self.db.session.commit()
+        return result.rowcount or 0

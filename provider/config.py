@@ -1,0 +1,84 @@
+"""Configuration: defaults, then ``QR_OIDC_*`` environment variables, then a test mapping.
+
+Every setting has one name; the environment variable is that name with the ``QR_OIDC_`` prefix
+(``ISSUER`` <- ``QR_OIDC_ISSUER``). Values from the environment are parsed by the type of the
+default, so a bad value fails at start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+
+PREFIX = "QR_OIDC_"
+
+DEFAULTS: dict[str, object] = {
+    # Where the provider is reached; the issuer names itself in tokens and discovery.
+    "HOST": "127.0.0.1",
+    "PORT": 8000,
+    "ISSUER": "",  # empty: http://HOST:PORT
+    "DATABASE_URL": "sqlite:///qr-oidc.db",
+    # Flask session signing key; empty: made once and kept in the database for every instance.
+    "SECRET_KEY": "",
+    # Tickets
+    "TICKET_TTL": 300,  # seconds a ticket lives
+    "POLL_INTERVAL": 2,  # seconds between token polls, RFC 8628 §3.2 "interval"
+    "MAX_POLL_INTERVAL": 60,  # slow_down never grows the interval past this
+    "LONG_POLL_MAX": 25,  # longest wait the status endpoint holds a request
+    "EXPIRED_RETENTION": 900,  # expired tickets answer "expired" this long before purge
+    # Tokens
+    "ACCESS_TOKEN_TTL": 3600,
+    "ID_TOKEN_TTL": 3600,
+    "REFRESH_TOKEN_TTL": 30 * 24 * 3600,
+    "AUTH_CODE_TTL": 60,
+    # Keys
+    "SIGNING_ALG": "RS256",
+    "KEY_PASSPHRASE": "",
+    # Server
+    "WORKERS": 1,
+    "THREADS": 64,
+    "LOG_LEVEL": "info",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+
+def _parse(name: str, raw: str, default: object) -> object:
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{PREFIX}{name} must be true or false, not {raw!r}")
+    if isinstance(default, int):
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name} must be a whole number, not {raw!r}") from None
+        if value < 0:
+            raise ConfigError(f"{PREFIX}{name} must not be negative")
+        return value
+    return raw
+
+
+def load(overrides: dict | None = None, environ: dict | None = None) -> dict:
+    """Return the settings: defaults, then the environment, then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    settings = dict(DEFAULTS)
+    for name, default in DEFAULTS.items():
+        raw = environ.get(PREFIX + name)
+        if raw is not None:
+            settings[name] = _parse(name, raw, default)
+    if overrides:
+        for name, value in overrides.items():
+            settings[name.upper()] = value
+    if not settings["ISSUER"]:
+        settings["ISSUER"] = f"http://{settings['HOST']}:{settings['PORT']}"
+    settings["ISSUER"] = str(settings["ISSUER"]).rstrip("/")
+    if int(settings["POLL_INTERVAL"]) < 1:
+        raise ConfigError(f"{PREFIX}POLL_INTERVAL must be at least 1 second")
+    if int(settings["TICKET_TTL"]) < 1:
+        raise ConfigError(f"{PREFIX}TICKET_TTL must be at least 1 second")
+    return settings

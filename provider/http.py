@@ -1,0 +1,388 @@
+"""The JSON endpoints: discovery, JWKS, token, userinfo, and the QR ticket endpoints.
+
+Routes stay thin: they parse, call the ticket state machine (``grants.tickets``) or Authlib's
+server, and shape the answer. Errors are JSON ``{"error", "error_description"}`` with the status
+SPEC.md names, ``Cache-Control: no-store`` wherever a secret or a ticket's state is in play.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+
+import qrcode
+import qrcode.image.svg
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import (
+    InvalidRequestError,
+    InvalidScopeError,
+    UnauthorizedClientError,
+)
+from authlib.oauth2.rfc6749.util import scope_to_list
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from grants.openid import user_claims
+from grants.tickets import TicketError
+
+from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, Client
+from .oauth import BearerError, BodyRequest, authenticate_bearer, body_params
+from .security import normalize_user_code
+
+bp = Blueprint("api", __name__)
+
+PKCE_CHALLENGE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]{1,100}$")  # RFC 6749 §3.3
+SCOPES_SUPPORTED = ["openid", "profile", "email", "offline_access", "qr:approve"]
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def parts():
+    return current_app.extensions["qr_oidc"]
+
+
+def error(code: str, status: int, description: str, headers: dict | None = None) -> Response:
+    response = jsonify(error=code, error_description=description)
+    response.status_code = status
+    response.headers.update(NO_STORE)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def oauth_error(exc: OAuth2Error) -> Response:
+    return parts().server.handle_error_response(None, exc)
+
+
+def json_response(body: dict, status: int = 200) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    response.headers.update(NO_STORE)
+    return response
+
+
+def url(path: str) -> str:
+    return parts().settings["ISSUER"] + path
+
+
+# -- discovery ---------------------------------------------------------------------------------
+@bp.get("/.well-known/openid-configuration")
+def discovery():
+    p = parts()
+    algs = p.keys.algorithms()
+    body = {
+        "issuer": p.settings["ISSUER"],
+        "authorization_endpoint": url("/authorize"),
+        "token_endpoint": url("/token"),
+        "userinfo_endpoint": url("/userinfo"),
+        "jwks_uri": url("/jwks.json"),
+        "device_authorization_endpoint": url("/device_authorization"),
+        "qr_ticket_endpoint": url("/qr/ticket"),
+        "qr_status_endpoint": url("/qr/status"),
+        "qr_scan_endpoint": url("/qr/scan"),
+        "qr_approve_endpoint": url("/qr/approve"),
+        "qr_deny_endpoint": url("/qr/deny"),
+        "scopes_supported": SCOPES_SUPPORTED,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": [
+            "authorization_code",
+            "refresh_token",
+            DEVICE_GRANT_TYPE,
+            QR_GRANT_TYPE,
+        ],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": algs,
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post", "none",
+        ],
+        "code_challenge_methods_supported": ["S256"],
+        "claims_supported": [
+            "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr", "at_hash",
+            "name", "preferred_username", "picture", "email", "email_verified",
+        ],
+        "request_parameter_supported": False,
+        "claims_parameter_supported": False,
+    }
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+@bp.get("/jwks.json")
+def jwks():
+    response = jsonify(parts().keys.jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+# -- token and userinfo --------------------------------------------------------------------------
+@bp.post("/token")
+def token():
+    p = parts()
+    try:
+        response = p.server.create_token_response()
+    except OAuth2Error as exc:  # e.g. a body that is not a form
+        response = oauth_error(exc)
+    if response.status_code == 200:
+        try:
+            p.db.session.commit()  # the credential is used up together with the tokens saved
+        except SQLAlchemyError:
+            p.db.session.rollback()
+            return error("server_error", 500, "The tokens could not be saved; try again.")
+    else:
+        p.db.session.rollback()
+    return response
+
+
+@bp.route("/userinfo", methods=["GET", "POST"])
+def userinfo():
+    try:
+        _claims, row, user = authenticate_bearer(parts(), required_scope="openid")
+    except BearerError as exc:
+        return bearer_error(exc)
+    if user is None:
+        return bearer_error(BearerError("invalid_token", 401, "The token names no user."))
+    return json_response(user_claims(user, row.scope))
+
+
+def bearer_error(exc: BearerError) -> Response:
+    challenge = f'Bearer error="{exc.error}", error_description="{exc.description}"'
+    if exc.error == "insufficient_scope":
+        challenge += ', scope="qr:approve"' if "qr:approve" in exc.description else ""
+    return error(exc.error, exc.status, exc.description, {"WWW-Authenticate": challenge})
+
+
+# -- tickets: the web client's side ----------------------------------------------------------------
+def _authenticated_client(endpoint: str):
+    """Client authentication as at the token endpoint, from the body (form or JSON)."""
+    oauth_request = BodyRequest(request)
+    client = parts().server.authenticate_client(
+        oauth_request, ["client_secret_basic", "client_secret_post", "none"], endpoint
+    )
+    return client, oauth_request.payload.data
+
+
+def _requested_scope(client: Client, raw: str | None) -> str:
+    scope = raw if raw is not None else "openid"
+    scopes = scope_to_list(scope) or []
+    if not scopes or not all(SCOPE_TOKEN.match(s) for s in scopes):
+        raise InvalidScopeError("The scope is empty or malformed.")
+    if not set(scopes) <= set(client.scopes):
+        raise InvalidScopeError("The client may not ask for: "
+                                + " ".join(sorted(set(scopes) - set(client.scopes))))
+    return " ".join(dict.fromkeys(scopes))
+
+
+def _create_ticket(kind: str, grant_type: str):
+    client, data = _authenticated_client(kind)
+    if not client.check_grant_type(grant_type):
+        raise UnauthorizedClientError(f"The client may not use grant type {grant_type}.")
+    scope = _requested_scope(client, data.get("scope"))
+    nonce = data.get("nonce") or None
+    if nonce is not None and len(nonce) > 512:
+        raise InvalidRequestError("nonce is too long (512 characters at most).")
+    challenge = data.get("code_challenge") or None
+    method = data.get("code_challenge_method") or None
+    if kind == "qr":
+        if challenge is None and client.public:
+            raise InvalidRequestError("Public clients must send code_challenge (PKCE, S256).")
+        if challenge is not None and method != "S256":
+            raise InvalidRequestError("code_challenge_method must be S256.")
+        if challenge is not None and not PKCE_CHALLENGE.match(challenge):
+            raise InvalidRequestError("code_challenge is malformed.")
+        if method is not None and challenge is None:
+            raise InvalidRequestError("code_challenge_method without code_challenge.")
+    else:
+        challenge = method = None
+    return client, parts().tickets.create(
+        client,
+        scope,
+        kind=kind,
+        nonce=nonce,
+        code_challenge=challenge,
+        code_challenge_method=method,
+        requester_ip=request.remote_addr,
+        requester_ua=request.headers.get("User-Agent"),
+    )
+
+
+def qr_content(scan_code: str) -> str:
+    return url(f"/s/{scan_code}")
+
+
+@bp.post("/qr/ticket")
+def create_ticket():
+    try:
+        client, new = _create_ticket("qr", QR_GRANT_TYPE)
+    except OAuth2Error as exc:
+        parts().db.session.rollback()
+        return oauth_error(exc)
+    row = new.row
+    body = {
+        "ticket": new.ticket,
+        "qr_content": qr_content(new.scan_code),
+        "qr_image": url(f"/qr/{new.scan_code}.png"),
+        "user_code": new.user_code,
+        "expires_in": int(row.expires_at - row.created_at),
+        "interval": row.poll_interval,
+    }
+    if row.binding_code is not None:
+        body["binding_code"] = row.binding_code
+    return json_response(body, 201)
+
+
+@bp.post("/device_authorization")
+def device_authorization():
+    """RFC 8628 §3.1-3.2 over the same tickets: the device code is the ticket."""
+    try:
+        _client, new = _create_ticket("device", DEVICE_GRANT_TYPE)
+    except OAuth2Error as exc:
+        parts().db.session.rollback()
+        return oauth_error(exc)
+    row = new.row
+    return json_response({
+        "device_code": new.ticket,
+        "user_code": new.user_code,
+        "verification_uri": url("/device"),
+        "verification_uri_complete": qr_content(new.scan_code),
+        "expires_in": int(row.expires_at - row.created_at),
+        "interval": row.poll_interval,
+    })
+
+
+def _status_body(row, at: float) -> dict:
+    status = row.public_status(at)
+    body = {"status": status, "expires_in": max(0, int(row.expires_at - at))}
+    if row.user_id is not None and status != "expired":
+        from .models import User
+
+        user = parts().db.session.get(User, row.user_id)
+        if user is not None:
+            body["user"] = {"name": user.name or user.username, "picture": user.picture}
+    return body
+
+
+@bp.post("/qr/status")
+def ticket_status():
+    """Status for the page; with ``wait`` a long poll answering as soon as the status changes."""
+    p = parts()
+    try:
+        data = body_params(request)
+    except OAuth2Error as exc:
+        return oauth_error(exc)
+    secret = data.get("ticket")
+    if not secret:
+        return error("invalid_request", 400, "Missing 'ticket'.")
+    try:
+        wait = float(data.get("wait") or 0)
+    except ValueError:
+        return error("invalid_request", 400, "'wait' must be a number of seconds.")
+    if not 0 <= wait < 1e6:
+        return error("invalid_request", 400, "'wait' must be a number of seconds.")
+    wait = min(wait, float(p.settings["LONG_POLL_MAX"]))
+    known = data.get("last_status")
+
+    row = p.tickets.by_ticket(secret)
+    if row is None:
+        return error("unknown_ticket", 404, "No such ticket.")
+    ticket_id = row.id
+    at = time.time()
+    known = known or row.public_status(at)
+    deadline = time.monotonic() + wait
+    while True:
+        seen = p.notifier.version(ticket_id)
+        at = time.time()
+        if row.public_status(at) != known or time.monotonic() >= deadline:
+            return json_response(_status_body(row, at))
+        p.db.session.rollback()  # end the read transaction: never hold one while waiting
+        remaining = deadline - time.monotonic()
+        until_expiry = row.expires_at - at if row.public_status(at) != "expired" else remaining
+        p.notifier.wait(ticket_id, seen, max(0.0, min(remaining, until_expiry + 0.01)))
+        row = p.tickets.by_ticket(secret)
+        if row is None:  # purged meanwhile
+            return error("unknown_ticket", 404, "No such ticket.")
+
+
+@bp.get("/qr/<scan_code>.<fmt>")
+def qr_image(scan_code: str, fmt: str):
+    """The QR as PNG or SVG, addressed by the scan code (which the QR shows anyway)."""
+    if fmt not in ("png", "svg"):
+        return error("not_found", 404, "Ask for .png or .svg.")
+    row, _ = parts().tickets.by_code(scan_code, None)
+    if row is None:
+        return error("unknown_code", 404, "No ticket has this code.")
+    if row.public_status() != "pending":
+        return error("expired", 410, "This QR code is no longer valid.")
+    content = qr_content(scan_code)
+    buffer = io.BytesIO()
+    if fmt == "svg":
+        qrcode.make(content, image_factory=qrcode.image.svg.SvgPathImage, box_size=10,
+                    border=2).save(buffer)
+        mimetype = "image/svg+xml"
+    else:
+        qrcode.make(content, box_size=8, border=2).save(buffer, format="PNG")
+        mimetype = "image/png"
+    response = Response(buffer.getvalue(), mimetype=mimetype)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# -- tickets: the phone's side -------------------------------------------------------------------
+def _mobile(action):
+    p = parts()
+    try:
+        _claims, _row, user = authenticate_bearer(p, required_scope="qr:approve")
+    except BearerError as exc:
+        return bearer_error(exc)
+    if user is None:
+        return bearer_error(BearerError("invalid_token", 401, "The token names no user."))
+    try:
+        data = body_params(request)
+    except OAuth2Error as exc:
+        return oauth_error(exc)
+    scan_code, user_code = data.get("scan_code"), data.get("user_code")
+    if not scan_code and not user_code:
+        return error("invalid_request", 400, "Send scan_code (from the QR) or user_code.")
+    if user_code and not scan_code and normalize_user_code(user_code) is None:
+        return error("unknown_code", 404, "No ticket has this code.")
+    row, code = p.tickets.by_code(scan_code, user_code)
+    try:
+        return action(p, row, code, user, data)
+    except TicketError as exc:
+        p.db.session.rollback()
+        return error(exc.error, exc.status, exc.description)
+
+
+def _scan(p, row, code, user, _data):
+    row = p.tickets.scan(row, user)
+    client = p.db.session.get(Client, row.client_id)
+    return json_response(p.tickets.scan_view(row, code, client))
+
+
+def _approve(p, row, _code, user, data):
+    row = p.tickets.approve(row, user, data.get("binding_code"))
+    return json_response({"status": row.public_status()})
+
+
+def _deny(p, row, _code, user, _data):
+    row = p.tickets.deny(row, user)
+    return json_response({"status": row.public_status()})
+
+
+@bp.post("/qr/scan")
+def scan():
+    return _mobile(_scan)
+
+
+@bp.post("/qr/approve")
+def approve():
+    return _mobile(_approve)
+
+
+@bp.post("/qr/deny")
+def deny():
+    return _mobile(_deny)

@@ -1,0 +1,200 @@
+"""Authlib's authorization server, wired to our storage, keys and token format.
+
+- Requests to the token endpoint and our JSON endpoints read parameters from the body only (form or
+  JSON): no secret travels in a URL, so a ticket in a query string is not even looked at.
+- Access tokens are RFC 9068 JWTs signed with the active RS256 key; the row kept per token holds its
+  ``jti`` (for revocation) and the SHA-256 digest of its refresh token.
+- ``save_token`` adds rows to the request's session and does not commit: the token endpoint commits
+  once, after the grant has also marked its credential used.
+"""
+
+from __future__ import annotations
+
+import time
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
+from authlib.oauth2.rfc6749 import InvalidRequestError
+from authlib.oauth2.rfc6749.util import scope_to_list
+from flask import current_app, g
+from flask import request as flask_request
+from joserfc import jwt
+from joserfc.errors import JoseError
+from werkzeug.datastructures import MultiDict
+
+from .models import Client, Token, User, now
+from .security import digest, new_id, new_secret
+
+ACCESS_TOKEN_ALGS = ["RS256", "ES256", "EdDSA"]
+
+
+class BodyPayload(FlaskOAuth2Payload):
+    """Parameters from the request body only: a form, or a JSON object of strings."""
+
+    def __init__(self, request):
+        super().__init__(request)
+        self._data = body_params(request)
+
+    @property
+    def data(self):
+        return self._data
+
+
+def body_params(request) -> MultiDict:
+    if request.is_json:
+        parsed = request.get_json(silent=True)
+        if not isinstance(parsed, dict):
+            raise InvalidRequestError("The body must be a JSON object.")
+        params = MultiDict()
+        for key, value in parsed.items():
+            if isinstance(value, bool) or value is None:
+                raise InvalidRequestError(f"'{key}' must be a string.")
+            if isinstance(value, (int, float)):
+                value = str(value)
+            if not isinstance(value, str):
+                raise InvalidRequestError(f"'{key}' must be a string.")
+            params.add(key, value)
+        return params
+    return request.form
+
+
+class BodyRequest(FlaskOAuth2Request):
+    def __init__(self, request):
+        super().__init__(request)
+        self.payload = BodyPayload(request)
+
+    @property
+    def form(self):
+        return self.payload.data
+
+
+class Server(AuthorizationServer):
+    """The authorization server; ``app.extensions['qr_oidc']`` holds the parts it uses."""
+
+    def __init__(self, app, parts):
+        self.parts = parts
+        super().__init__()
+        self.init_app(app, query_client=self._query_client_impl, save_token=self._save_token_impl)
+        self.register_token_generator("default", self._generate_token)
+
+    # -- requests ----------------------------------------------------------------------------
+    def create_oauth2_request(self, request):
+        if flask_request.method == "GET" or flask_request.endpoint == "pages.authorize":
+            return FlaskOAuth2Request(flask_request)
+        return BodyRequest(flask_request)
+
+    def handle_error_response(self, request, error):
+        # invalid_client is always 401 here (SPEC.md), with the Basic challenge RFC 6749 §5.2 names
+        if error.error == "invalid_client":
+            error.status_code = 401
+        return super().handle_error_response(request, error)
+
+    # -- storage -----------------------------------------------------------------------------
+    def _query_client_impl(self, client_id):
+        if not isinstance(client_id, str) or len(client_id) > 64:
+            return None
+        return self.parts.db.session.get(Client, client_id)
+
+    def _generate_token(self, grant_type, client, user=None, scope=None, expires_in=None,
+                        include_refresh_token=True):
+        settings = self.parts.settings
+        issued = int(time.time())
+        lifetime = expires_in or int(settings["ACCESS_TOKEN_TTL"])
+        jti = new_id()
+        claims = {
+            "iss": settings["ISSUER"],
+            "sub": user.sub if user else client.client_id,
+            "aud": settings["ISSUER"],
+            "client_id": client.client_id,
+            "iat": issued,
+            "exp": issued + lifetime,
+            "jti": jti,
+            "scope": scope or "",
+        }
+        key = self.parts.keys.signing_key("RS256")
+        header = {"alg": "RS256", "typ": "at+jwt", "kid": key.kid}
+        token = {
+            "access_token": jwt.encode(header, claims, key),
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "scope": scope or "",
+        }
+        refresh = None
+        if include_refresh_token and "offline_access" in (scope_to_list(scope) or []):
+            refresh = new_secret()
+            token["refresh_token"] = refresh
+        # what save_token stores, kept off the response
+        g.qr_oidc_pending_token = {
+            "jti": jti, "refresh": refresh, "exp": issued + lifetime, "grant_type": grant_type,
+        }
+        return token
+
+    def _save_token_impl(self, token, request):
+        pending = g.pop("qr_oidc_pending_token")
+        credential = getattr(request, "credential", None) or getattr(
+            request, "authorization_code", None
+        )
+        previous = getattr(request, "refresh_token", None)
+        auth_time = credential.get_auth_time() if credential is not None else None
+        amr = credential.get_amr()[0] if credential is not None else None
+        if previous is not None:
+            auth_time, amr = previous.auth_time, previous.amr
+        row = Token(
+            jti=pending["jti"],
+            client_id=request.client.client_id,
+            user_id=request.user.id if request.user else None,
+            grant_type=pending["grant_type"],
+            scope=token.get("scope", ""),
+            issued_at=now(),
+            expires_at=pending["exp"],
+            refresh_token_hash=digest(pending["refresh"]) if pending["refresh"] else None,
+            refresh_expires_at=(now() + int(self.parts.settings["REFRESH_TOKEN_TTL"]))
+            if pending["refresh"] else None,
+            family_id=previous.family_id if previous is not None else new_id(),
+            auth_time=auth_time,
+            amr=amr,
+        )
+        self.parts.db.session.add(row)
+        return row
+
+
+class BearerError(Exception):
+    def __init__(self, error: str, status: int, description: str):
+        super().__init__(description)
+        self.error, self.status, self.description = error, status, description
+
+
+def authenticate_bearer(parts, required_scope: str | None = None) -> tuple[dict, Token, User | None]:
+    """Check ``Authorization: Bearer <JWT access token>``: signature, issuer, expiry, not revoked.
+
+    Raises BearerError: 401 ``invalid_token`` or 403 ``insufficient_scope`` (RFC 6750 §3.1).
+    """
+    header = flask_request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise BearerError("invalid_token", 401, "Send an access token: Authorization: Bearer ...")
+    value = value.strip()
+    if len(value) > 8192:
+        raise BearerError("invalid_token", 401, "The access token is not valid.")
+    try:
+        decoded = jwt.decode(value, parts.keys.public_set(), algorithms=ACCESS_TOKEN_ALGS)
+    except (JoseError, ValueError, TypeError, KeyError):
+        raise BearerError("invalid_token", 401, "The access token is not valid.") from None
+    claims = decoded.claims
+    if decoded.header.get("typ") != "at+jwt" or claims.get("iss") != parts.settings["ISSUER"]:
+        raise BearerError("invalid_token", 401, "The access token is not valid.")
+    exp = claims.get("exp")
+    if not isinstance(exp, (int, float)) or exp <= time.time():
+        raise BearerError("invalid_token", 401, "The access token has expired.")
+    jti = claims.get("jti")
+    row = parts.db.session.query(Token).filter_by(jti=jti).one_or_none() if isinstance(jti, str) else None
+    if row is None or row.revoked:
+        raise BearerError("invalid_token", 401, "The access token has been revoked.")
+    if required_scope and required_scope not in (scope_to_list(row.scope) or []):
+        raise BearerError("insufficient_scope", 403, f"The access token lacks scope {required_scope}.")
+    user = parts.db.session.get(User, row.user_id) if row.user_id else None
+    return claims, row, user
+
+
+def issuer() -> str:
+    return current_app.extensions["qr_oidc"].settings["ISSUER"]

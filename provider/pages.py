@@ -1,0 +1,214 @@
+"""HTML pages: sign-in, the authorization endpoint (consent), and the browser confirmation screen.
+
+The hosted sign-in is a form with inputs ``username`` and ``password``; every form carries a CSRF
+token in a hidden input. The confirmation screen is what the phone's browser shows when the QR is
+opened without the app (``/s/<scan_code>``) or a user code is typed (``/device``): the client, the
+scopes, the requesting IP and browser, and approve and cancel of equal weight.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+from authlib.oauth2 import OAuth2Error
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from sqlalchemy import select
+
+from grants.tickets import TicketError
+
+from .models import Client, User
+from .security import check_password, constant_equals, hash_password, new_secret
+
+bp = Blueprint("pages", __name__, template_folder="templates")
+
+# a password check against a hash of this keeps an unknown username as slow as a wrong password
+_DUMMY_HASH = None
+
+
+def parts():
+    return current_app.extensions["qr_oidc"]
+
+
+# -- session helpers ---------------------------------------------------------------------------
+def current_user() -> User | None:
+    uid = session.get("uid")
+    if uid is None:
+        return None
+    user = parts().db.session.get(User, uid)
+    if user is None:
+        session.clear()
+    return user
+
+
+def csrf_token() -> str:
+    token = session.get("csrf")
+    if not token:
+        token = session["csrf"] = new_secret()
+    return token
+
+
+def check_csrf() -> None:
+    if not constant_equals(request.form.get("csrf_token"), session.get("csrf")):
+        abort(400, description="The form expired or did not come from this site; reload it.")
+
+
+@bp.app_context_processor
+def _template_helpers():
+    return {"csrf_token": csrf_token}
+
+
+@bp.after_app_request
+def _page_headers(response):
+    if response.mimetype == "text/html":
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "frame-ancestors 'none'; form-action 'self' *; base-uri 'none'",
+        )
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path on this site: never an absolute URL (no open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return url_for("pages.home")
+    parts_ = urlsplit(target)
+    if parts_.scheme or parts_.netloc:
+        return url_for("pages.home")
+    return target
+
+
+# -- sign-in -----------------------------------------------------------------------------------
+@bp.get("/")
+def home():
+    return render_template("home.html", user=current_user())
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    next_url = safe_next(request.values.get("next"))
+    if request.method == "GET":
+        return render_template("login.html", next=next_url, error=None)
+    check_csrf()
+    username = request.form.get("username", "")
+    password = request.form.get("password", "")
+    user = parts().db.session.scalar(select(User).where(User.username == username[:150]))
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = hash_password(new_secret())
+    valid = check_password(user.password_hash if user else _DUMMY_HASH, password)
+    if user is None or not valid:
+        return render_template("login.html", next=next_url,
+                               error="Wrong username or password."), 401
+    session.clear()  # a new session on sign-in (no fixation)
+    session["uid"] = user.id
+    session["auth_time"] = time.time()
+    session["amr"] = "pwd"
+    return redirect(next_url)
+
+
+@bp.post("/logout")
+def logout():
+    check_csrf()
+    session.clear()
+    return redirect(url_for("pages.home"))
+
+
+# -- the authorization endpoint ------------------------------------------------------------------
+@bp.route("/authorize", methods=["GET", "POST"])
+def authorize():
+    server = parts().server
+    user = current_user()
+    try:
+        grant = server.get_consent_grant(end_user=user)
+    except OAuth2Error as exc:
+        if exc.redirect_uri:
+            return server.handle_error_response(None, exc)
+        return render_template("error.html", error=exc.error,
+                               description=exc.get_error_description()), exc.status_code
+    if user is None:
+        return redirect(url_for("pages.login", next=request.full_path))
+    client: Client = grant.client
+    if request.method == "GET" and not client.first_party:
+        return render_template("consent.html", client=client, user=user,
+                               scopes=(grant.request.scope or "").split())
+    if request.method == "POST":
+        check_csrf()
+        if request.form.get("decision") != "approve":
+            return server.create_authorization_response(grant_user=None, grant=grant)
+    return server.create_authorization_response(grant_user=user, grant=grant)
+
+
+# -- confirmation in a browser: QR opened without the app, or a typed user code ---------------------
+@bp.get("/s/<scan_code>")
+def scanned_in_browser(scan_code: str):
+    user = current_user()
+    if user is None:
+        return redirect(url_for("pages.login", next=request.path))
+    return _confirm_screen(scan_code=scan_code)
+
+
+@bp.route("/device", methods=["GET", "POST"])
+def device():
+    user = current_user()
+    if user is None:
+        return redirect(url_for("pages.login", next=request.path))
+    if request.method == "GET":
+        return render_template("device.html", error=None)
+    check_csrf()
+    return _confirm_screen(user_code=request.form.get("user_code", ""))
+
+
+def _confirm_screen(scan_code: str | None = None, user_code: str | None = None):
+    p = parts()
+    user = current_user()
+    row, code = p.tickets.by_code(scan_code, user_code)
+    try:
+        row = p.tickets.scan(row, user)
+    except TicketError as exc:
+        if user_code is not None and exc.error == "unknown_code":
+            return render_template("device.html", error="No login is waiting for this code."), 404
+        return render_template("error.html", error=exc.error,
+                               description=exc.description), exc.status
+    client = p.db.session.get(Client, row.client_id)
+    view = p.tickets.scan_view(row, code, client)
+    session["confirm_ticket"] = row.id
+    return render_template("confirm.html", view=view, code=code)
+
+
+@bp.post("/confirm")
+def confirm():
+    p = parts()
+    user = current_user()
+    if user is None:
+        return redirect(url_for("pages.login"))
+    check_csrf()
+    code = request.form.get("user_code", "")
+    row, _ = p.tickets.by_code(None, code)
+    if row is None or not constant_equals(row.id, session.get("confirm_ticket")):
+        return render_template("error.html", error="unknown_code",
+                               description="No login is waiting for this code."), 404
+    try:
+        if request.form.get("decision") == "approve":
+            p.tickets.approve(row, user, request.form.get("binding_code"))
+            outcome = "approved"
+        else:
+            p.tickets.deny(row, user)
+            outcome = "denied"
+    except TicketError as exc:
+        return render_template("error.html", error=exc.error,
+                               description=exc.description), exc.status
+    session.pop("confirm_ticket", None)
+    return render_template("done.html", outcome=outcome)

@@ -1,0 +1,97 @@
+"""Secrets: how they are made, stored and compared.
+
+Machine-made secrets carry at least 128 random bits, so SHA-256 is the right digest at rest (a slow
+KDF would cap the token poll at a few requests a second); only user passwords use a slow KDF
+(scrypt, through Werkzeug). Every comparison of a secret is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+import secrets
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+# RFC 8628 §6.1: base-20, no vowels, nothing that reads alike.
+USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
+USER_CODE_LENGTH = 8
+
+
+def digest(secret: str) -> str:
+    """SHA-256 hex digest of a machine-made secret, the form it is stored and looked up in."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def secret_matches(secret: str | None, stored_digest: str) -> bool:
+    if not isinstance(secret, str) or not stored_digest:
+        return False
+    return hmac.compare_digest(digest(secret), stored_digest)
+
+
+def new_secret() -> str:
+    """256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def new_id() -> str:
+    return secrets.token_hex(16)
+
+
+def user_code_for(scan_code: str) -> str:
+    """The user code of a ticket, derived from its scan code.
+
+    Both let a signed-in user act on the ticket, so deriving one from the other gives nothing away,
+    and it lets the scan response show the code for manual entry while only its digest is stored.
+    """
+    raw = hmac.new(scan_code.encode(), b"qr-oidc user code", hashlib.sha256).digest()
+    number = int.from_bytes(raw, "big")
+    chars = []
+    for _ in range(USER_CODE_LENGTH):
+        number, index = divmod(number, len(USER_CODE_ALPHABET))
+        chars.append(USER_CODE_ALPHABET[index])
+    return "".join(chars[:4]) + "-" + "".join(chars[4:])
+
+
+def normalize_user_code(value: str) -> str | None:
+    """Upper-case, drop dashes and spaces; None when it cannot be a user code."""
+    if not isinstance(value, str):
+        return None
+    cleaned = "".join(ch for ch in value.upper() if ch not in "- \t")
+    if len(cleaned) != USER_CODE_LENGTH or any(ch not in USER_CODE_ALPHABET for ch in cleaned):
+        return None
+    return cleaned[:4] + "-" + cleaned[4:]
+
+
+def binding_code() -> str:
+    return f"{secrets.randbelow(100):02d}"
+
+
+def binding_choices(correct: str, seed: str) -> list[str]:
+    """Three distinct two-digit choices, the correct one among them.
+
+    The distractors and the order are fixed per ticket (``seed`` is its internal id, never shown):
+    a user who scans twice must not learn the right one by seeing which choice stayed.
+    """
+    rng = random.Random(hmac.new(seed.encode(), b"binding", hashlib.sha256).digest())
+    choices = {correct}
+    while len(choices) < 3:
+        choices.add(f"{rng.randrange(100):02d}")
+    ordered = sorted(choices)
+    rng.shuffle(ordered)
+    return ordered
+
+
+def hash_password(password: str) -> str:
+    return generate_password_hash(password, method="scrypt")
+
+
+def check_password(password_hash: str, password: str) -> bool:
+    return check_password_hash(password_hash, password)
+
+
+def constant_equals(a: str | None, b: str | None) -> bool:
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    return hmac.compare_digest(a.encode(), b.encode())

@@ -1,0 +1,53 @@
+"""The production server: gunicorn with threaded workers.
+
+Why threads: a status long poll holds its request open for up to ``LONG_POLL_MAX`` seconds while
+doing nothing, so a worker needs many cheap concurrent slots (``THREADS``) rather than processes.
+The app is built once in the master (so a bad configuration or a wrong key passphrase stops the
+server before it binds) and each worker starts with a fresh connection pool.
+"""
+
+from __future__ import annotations
+
+from gunicorn.app.base import BaseApplication
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, app, options: dict):
+        self.application = app
+        self.options = options
+        super().__init__()
+
+    def load_config(self):
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        return self.application
+
+
+def _post_fork(_server, _worker):
+    app = _APP[0]
+    # connections opened in the master must not be shared by the forked workers
+    app.extensions["qr_oidc"].db.engine.dispose(close=False)
+
+
+_APP: list = []
+
+
+def run(app, host: str, port: int, workers: int, threads: int, long_poll_max: int) -> None:
+    _APP[:] = [app]
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": max(1, workers),
+        "threads": max(1, threads),
+        "worker_class": "gthread",
+        "timeout": long_poll_max + 30,
+        "graceful_timeout": 5,
+        "keepalive": 5,
+        "accesslog": None,  # the app logs each request by route pattern; paths carry scan codes
+        "errorlog": "-",
+        "loglevel": "warning",
+        "post_fork": _post_fork,
+        "proc_name": "qr-oidc",
+    }
+    _Gunicorn(app, options).run()

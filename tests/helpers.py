@@ -1,0 +1,226 @@
+"""Test helpers: a real server process, and the HTTP calls a relying party and a phone make."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import requests
+
+QR_GRANT = "urn:qr-oidc:params:oauth:grant-type:qr-ticket"
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+BIN = shutil.which("qr-oidc", path=str(Path(sys.executable).parent)) or "qr-oidc"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Provider:
+    """One ``qr-oidc serve`` process on a free port with its own SQLite database."""
+
+    def __init__(self, folder: Path, env: dict | None = None):
+        self.folder = Path(folder)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_path = self.folder / "qr-oidc.db"
+        self.env = {
+            **os.environ,
+            "QR_OIDC_DATABASE_URL": f"sqlite:///{self.db_path}",
+            "QR_OIDC_HOST": "127.0.0.1",
+            "QR_OIDC_PORT": str(self.port),
+            "QR_OIDC_LOG_LEVEL": "info",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.folder / "serve.log"
+
+    # -- process ------------------------------------------------------------------------------
+    def start(self, *extra: str) -> None:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([BIN, "serve", *extra], env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"qr-oidc serve exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/.well-known/openid-configuration", timeout=1).ok:
+                    self.meta = requests.get(self.url + "/.well-known/openid-configuration").json()
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"qr-oidc serve did not answer in time:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # -- operator's CLI -----------------------------------------------------------------------
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([BIN, *args], env=self.env, capture_output=True, text=True,
+                                timeout=60, stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise AssertionError(f"qr-oidc {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def create_client(self, *args: str) -> dict:
+        return json.loads(self.cli("clients", "create", *args, "--json").stdout)
+
+    def create_user(self, username: str, password: str, **profile) -> dict:
+        args = ["users", "create", "--username", username, "--password", password, "--json"]
+        for key, value in profile.items():
+            args += [f"--{key}", value]
+        return json.loads(self.cli(*args).stdout)
+
+    # -- direct reads of the storage (to check what the black box cannot show) -----------------
+    def db(self, sql: str, *params) -> list[tuple]:
+        with sqlite3.connect(self.db_path, timeout=15) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    # -- relying party ------------------------------------------------------------------------
+    def create_ticket(self, client: dict, **params) -> requests.Response:
+        data = {"scope": "openid profile", **params}
+        return requests.post(self.url + "/qr/ticket", data=data, auth=_auth(client),
+                             timeout=30)
+
+    def ticket(self, client: dict, **params) -> dict:
+        response = self.create_ticket(client, **params)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def poll(self, client: dict, ticket: str, **extra) -> requests.Response:
+        data = {"grant_type": QR_GRANT, "ticket": ticket, **extra}
+        return requests.post(self.url + "/token", data=data, auth=_auth(client), timeout=30)
+
+    def status(self, ticket: str, **extra) -> requests.Response:
+        return requests.post(self.url + "/qr/status", data={"ticket": ticket, **extra}, timeout=60)
+
+    # -- phone --------------------------------------------------------------------------------
+    def phone(self, action: str, token: str | None, **body) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.post(f"{self.url}/qr/{action}", data=body, headers=headers, timeout=30)
+
+    def scan_code(self, ticket: dict) -> str:
+        return ticket["qr_content"].rsplit("/", 1)[1]
+
+
+def _auth(client: dict):
+    """client_secret_basic for confidential clients; public ones send client_id in the body."""
+    if client.get("client_secret"):
+        return (client["client_id"], client["client_secret"])
+    return None
+
+
+def public_params(client: dict) -> dict:
+    return {} if client.get("client_secret") else {"client_id": client["client_id"]}
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    return verifier, challenge.rstrip(b"=").decode()
+
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_of(html: str) -> str:
+    match = CSRF.search(html)
+    assert match, "the page has no CSRF token"
+    return match.group(1)
+
+
+def login_form(session: requests.Session, response: requests.Response, username: str,
+               password: str) -> requests.Response:
+    """Fill the hosted login form found at ``response`` (after redirects) and submit it."""
+    assert 'name="username"' in response.text and 'name="password"' in response.text
+    action = urlsplit(response.url)
+    next_value = re.search(r'name="next" value="([^"]*)"', response.text).group(1)
+    return session.post(
+        f"{action.scheme}://{action.netloc}/login",
+        data={"username": username, "password": password, "csrf_token": csrf_of(response.text),
+              "next": next_value.replace("&amp;", "&")},
+        allow_redirects=False,
+        timeout=30,
+    )
+
+
+def authorize(provider: Provider, client: dict, username: str, password: str,
+              scope: str = "openid profile", session: requests.Session | None = None,
+              **extra) -> tuple[requests.Session, dict, str]:
+    """Authorization code flow with PKCE through the hosted login form; returns the redirect's
+    query (code, state) and the verifier."""
+    session = session or requests.Session()
+    verifier, challenge = pkce()
+    params = {
+        "response_type": "code", "client_id": client["client_id"],
+        "redirect_uri": client["redirect_uris"][0], "scope": scope, "state": secrets.token_hex(8),
+        "code_challenge": challenge, "code_challenge_method": "S256", **extra,
+    }
+    response = session.get(f"{provider.url}/authorize?{urlencode(params)}", timeout=30)
+    if 'name="password"' in response.text:
+        response = login_form(session, response, username, password)
+        assert response.status_code == 302, response.text
+        response = session.get(provider.url + response.headers["Location"], allow_redirects=False,
+                               timeout=30)
+    if response.status_code == 200 and 'name="decision"' in response.text:
+        response = session.post(response.url, data={"decision": "approve",
+                                                     "csrf_token": csrf_of(response.text)},
+                                allow_redirects=False, timeout=30)
+    assert response.status_code == 302, response.text
+    location = response.headers["Location"]
+    assert location.startswith(client["redirect_uris"][0].split("?")[0]), location
+    query = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+    assert query.get("state") == params["state"]
+    return session, query, verifier
+
+
+def sign_in_phone(provider: Provider, client: dict, username: str, password: str) -> dict:
+    _session, query, verifier = authorize(provider, client, username, password,
+                                          scope="openid profile qr:approve")
+    response = requests.post(provider.url + "/token", data={
+        "grant_type": "authorization_code", "code": query["code"],
+        "redirect_uri": client["redirect_uris"][0], "client_id": client["client_id"],
+        "code_verifier": verifier,
+    }, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def approved_ticket(provider: Provider, client: dict, phone_token: str, **params) -> dict:
+    """A ticket that the phone has scanned and approved."""
+    ticket = provider.ticket(client, **params)
+    code = provider.scan_code(ticket)
+    assert provider.phone("scan", phone_token, scan_code=code).status_code == 200
+    body = {"scan_code": code}
+    if "binding_code" in ticket:
+        body["binding_code"] = ticket["binding_code"]
+    assert provider.phone("approve", phone_token, **body).status_code == 200
+    return ticket
