@@ -2,6 +2,7 @@
 
 - ``qr_ticket``: the QR ticket grant (and RFC 8628 device code, the same tickets)
 - ``authorization_code``: code + PKCE behind the hosted login page
+- ``refresh_token``: rotation and reuse detection
 - ``tickets``: the ticket state machine both the grants and the mobile endpoints use
 - ``openid``: the ID token, for every grant
 """
@@ -9,6 +10,7 @@
 from .authorization_code import AuthorizationCodeGrant, CodeChallenge
 from .openid import OpenIDCode, OpenIDToken
 from .qr_ticket import DeviceCodeGrant, QRTicketGrant
+from .refresh_token import RefreshTokenGrant
 
 
 def register(server, parts) -> None:
@@ -20,6 +22,8 @@ def register(server, parts) -> None:
     server.register_grant(
         code, [CodeChallenge(required=True), _bind(OpenIDCode, parts)(require_nonce=False)]
     )
+    refresh = type("RefreshTokenGrant", (RefreshTokenGrant,), {"parts": parts})
+    server.register_grant(refresh, [_bind(OpenIDToken, parts)()])
 
 
 def _bind(cls, parts):

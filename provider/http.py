@@ -21,14 +21,24 @@ from authlib.oauth2.rfc6749 import (
 )
 from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Blueprint, Response, current_app, jsonify, request
+from joserfc import jwt as jose_jwt
+from joserfc.errors import JoseError
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from grants.openid import user_claims
+from grants.refresh_token import revoke_family
 from grants.tickets import TicketError
 
-from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, Client
-from .oauth import BearerError, BodyRequest, authenticate_bearer, body_params
-from .security import normalize_user_code
+from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, Client, Token, User
+from .oauth import (
+    ACCESS_TOKEN_ALGS,
+    BearerError,
+    BodyRequest,
+    authenticate_bearer,
+    body_params,
+)
+from .security import digest, normalize_user_code
 
 bp = Blueprint("api", __name__)
 
@@ -83,6 +93,14 @@ def discovery():
         "qr_scan_endpoint": url("/qr/scan"),
         "qr_approve_endpoint": url("/qr/approve"),
         "qr_deny_endpoint": url("/qr/deny"),
+        "revocation_endpoint": url("/revoke"),
+        "introspection_endpoint": url("/introspect"),
+        "revocation_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post", "none",
+        ],
+        "introspection_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post",
+        ],
         "scopes_supported": SCOPES_SUPPORTED,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
@@ -147,6 +165,95 @@ def userinfo():
     if user is None:
         return bearer_error(BearerError("invalid_token", 401, "The token names no user."))
     return json_response(user_claims(user, row.scope))
+
+
+def _find_token(value: str | None, hint: str | None):
+    """The token row a presented access token (JWT, by ``jti``) or refresh token (by digest) is."""
+    if not isinstance(value, str) or not value or len(value) > 8192:
+        return None, None
+    session = parts().db.session
+    kinds = ["refresh_token", "access_token"]
+    if hint == "access_token":
+        kinds.reverse()
+    for kind in kinds:
+        if kind == "refresh_token":
+            row = session.scalar(select(Token).where(Token.refresh_token_hash == digest(value)))
+        else:
+            row = _access_token_row(value)
+        if row is not None:
+            return row, kind
+    return None, None
+
+
+def _access_token_row(value: str):
+    try:
+        decoded = jose_jwt.decode(value, parts().keys.public_set(), algorithms=ACCESS_TOKEN_ALGS)
+    except (JoseError, ValueError, TypeError, KeyError):
+        return None
+    jti = decoded.claims.get("jti")
+    if not isinstance(jti, str):
+        return None
+    return parts().db.session.query(Token).filter_by(jti=jti).one_or_none()
+
+
+@bp.post("/revoke")
+def revoke():
+    """RFC 7009: always 200 for a token that is unknown or not the client's; revoking a refresh
+    token revokes its whole family, an access token just itself."""
+    p = parts()
+    try:
+        client, data = _authenticated_client("revocation")
+    except OAuth2Error as exc:
+        return oauth_error(exc)
+    value = data.get("token")
+    if not value:
+        return error("invalid_request", 400, "Missing 'token'.")
+    row, kind = _find_token(value, data.get("token_type_hint"))
+    if row is not None and row.client_id == client.client_id:
+        if kind == "refresh_token":
+            revoke_family(p.db.session, row.family_id)
+        row.revoked = True
+        p.db.session.commit()
+    return json_response({})
+
+
+@bp.post("/introspect")
+def introspect():
+    """RFC 7662, for confidential clients (resource servers)."""
+    p = parts()
+    try:
+        oauth_request = BodyRequest(request)
+        p.server.authenticate_client(
+            oauth_request, ["client_secret_basic", "client_secret_post"], "introspection")
+    except OAuth2Error as exc:
+        return oauth_error(exc)
+    data = oauth_request.payload.data
+    value = data.get("token")
+    if not value:
+        return error("invalid_request", 400, "Missing 'token'.")
+    row, kind = _find_token(value, data.get("token_type_hint"))
+    at = time.time()
+    expires = None
+    if row is not None:
+        expires = row.refresh_expires_at if kind == "refresh_token" else row.expires_at
+    if row is None or row.revoked or (expires is not None and expires <= at):
+        return json_response({"active": False})
+    user = p.db.session.get(User, row.user_id) if row.user_id else None
+    body = {
+        "active": True,
+        "scope": row.scope,
+        "client_id": row.client_id,
+        "token_type": "Bearer" if kind == "access_token" else "refresh_token",
+        "exp": int(expires) if expires else None,
+        "iat": int(row.issued_at),
+        "iss": p.settings["ISSUER"],
+        "aud": p.settings["ISSUER"],
+        "jti": row.jti,
+    }
+    if user is not None:
+        body["sub"] = user.sub
+        body["username"] = user.username
+    return json_response({k: v for k, v in body.items() if v is not None})
 
 
 def bearer_error(exc: BearerError) -> Response:
@@ -258,8 +365,6 @@ def _status_body(row, at: float) -> dict:
     status = row.public_status(at)
     body = {"status": status, "expires_in": max(0, int(row.expires_at - at))}
     if row.user_id is not None and status != "expired":
-        from .models import User
-
         user = parts().db.session.get(User, row.user_id)
         if user is not None:
             body["user"] = {"name": user.name or user.username, "picture": user.picture}

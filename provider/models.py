@@ -229,6 +229,22 @@ class Token(Base):
     auth_time: Mapped[float | None] = mapped_column(Float)
     amr: Mapped[str | None] = mapped_column(String(32))
 
+    # Authlib's refresh token grant, and the OpenID extension on a refresh
+    def check_client(self, client):
+        return self.client_id == client.client_id
+
+    def get_scope(self):
+        return self.scope
+
+    def get_nonce(self):
+        return None  # a refreshed ID token carries no nonce (OIDC Core §12.2)
+
+    def get_auth_time(self):
+        return int(self.auth_time) if self.auth_time else None
+
+    def get_amr(self):
+        return [self.amr] if self.amr else None
+
 
 class SigningKey(Base):
     """A signing key: ``next`` (published, not signing) -> ``active`` -> ``retired`` -> removed."""

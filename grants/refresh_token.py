@@ -1,0 +1,63 @@
+"""The refresh token grant: rotated on every use, reuse revokes the whole family.
+
+RFC 9700 §4.14.2: a refresh token is used once; the response carries a new one. Presenting a
+refresh token that was already rotated (or revoked) means it leaked: every token descended from
+the same original grant (the *family*) is revoked at once, the legitimate client's included.
+Rotation is a conditional UPDATE (``revoked = false -> true``) in the transaction that saves the
+new token, so two concurrent refreshes cannot both succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from authlib.oauth2.rfc6749 import InvalidGrantError, grants
+from sqlalchemy import select, update
+
+from provider.models import Token, User, now
+from provider.security import digest
+
+log = logging.getLogger("qr_oidc.audit")
+
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    INCLUDE_NEW_REFRESH_TOKEN = True
+    parts = None  # set by the app factory
+
+    def authenticate_refresh_token(self, refresh_token):
+        if not isinstance(refresh_token, str) or len(refresh_token) > 200:
+            return None
+        session = self.parts.db.session
+        row = session.scalar(select(Token).where(Token.refresh_token_hash == digest(refresh_token)))
+        if row is None:
+            return None
+        if row.revoked:
+            revoke_family(session, row.family_id)
+            session.commit()  # kept even though this request fails
+            log.warning("refresh token reuse: family revoked client=%s", row.client_id)
+            return None
+        if row.refresh_expires_at is not None and row.refresh_expires_at <= now():
+            return None
+        return row
+
+    def authenticate_user(self, refresh_token):
+        return self.parts.db.session.get(User, refresh_token.user_id) if refresh_token.user_id else None
+
+    def revoke_old_credential(self, refresh_token):
+        rotated = self.parts.db.session.execute(
+            update(Token)
+            .where(Token.id == refresh_token.id, Token.revoked.is_(False))
+            .values(revoked=True)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not rotated:
+            raise InvalidGrantError("The refresh token was used already.")
+
+
+def revoke_family(session, family_id: str | None) -> None:
+    if family_id:
+        session.execute(
+            update(Token).where(Token.family_id == family_id).values(revoked=True)
+            .execution_options(synchronize_session=False)
+        )
