@@ -18,7 +18,6 @@ derived from the scan code so the scan response can show it).
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import case, delete, select, update
@@ -64,7 +63,6 @@ class Tickets:
         self.max_interval = int(settings["MAX_POLL_INTERVAL"])
         self.retention = int(settings["EXPIRED_RETENTION"])
         self.notifier = notifier
-        self._last_purge = 0.0
 
     # -- creation ----------------------------------------------------------------------------
     def create(
@@ -80,7 +78,6 @@ class Tickets:
         requester_ua: str | None = None,
         auth_request: dict | None = None,
     ) -> NewTicket:
-        self.maybe_purge()
         session = self.db.session
         for _attempt in range(5):
             ticket, scan_code = new_secret(), secrets.token_urlsafe(22)
@@ -278,14 +275,10 @@ class Tickets:
     # -- upkeep ------------------------------------------------------------------------------
     def purge(self) -> int:
         """Delete tickets that expired more than the retention time ago (redeemed ones included):
-        until then an expired ticket keeps answering ``expired`` / ``expired_token``."""
-        self._last_purge = time.monotonic()
+        until then an expired ticket keeps answering ``expired`` / ``expired_token``. Run by the
+        background maintenance thread with a session of its own."""
         cutoff = now() - self.retention
-        result = self.db.session.execute(delete(Ticket).where(Ticket.expires_at < cutoff))
-        self.db.session.commit()
+        with self.db.session_factory() as session:
+            result = session.execute(delete(Ticket).where(Ticket.expires_at < cutoff))
+            session.commit()
         return result.rowcount or 0
-
-    def maybe_purge(self) -> None:
-        """Purge lazily, at most once a minute per process, from the ticket-creating request."""
-        if time.monotonic() - self._last_purge >= 60:
-            self.purge()

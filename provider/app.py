@@ -50,7 +50,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     database.create_all()
     database.init_app(app)
 
-    keys = KeyStore(database, passphrase=settings["KEY_PASSPHRASE"])
+    keys = KeyStore(database, passphrase=settings["KEY_PASSPHRASE"],
+                    refresh_seconds=float(settings["KEY_REFRESH"]))
     keys.ensure()
     keys.check_startup()
 

@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from urllib.parse import urlsplit
 
 import click
@@ -287,46 +286,36 @@ def keys_list(as_json):
 @keys.command("rotate")
 @click.option("--alg", default=None, type=click.Choice(["RS256", "ES256", "EdDSA"]),
               help="Only this algorithm (default: every one).")
-def keys_rotate(alg):
-    """Make each published next key the signing key now and publish a new next key."""
-    from keys.keyset import ALGORITHMS, generate, to_row
+@click.option("--force", is_flag=True,
+              help="Rotate even if relying parties may not have fetched the next key yet.")
+def keys_rotate(alg, force):
+    """Make the published next key the signing key now and publish a new next key."""
+    from keys.keyset import ALGORITHMS
+    from keys.rotation import NotReady, rotate
+
+    from .maintenance import min_publication
 
     settings = _settings()
     database = _database(settings)
-    now = time.time()
-    with database.session_factory() as session:
-        for a in [alg] if alg else ALGORITHMS:
-            rows = session.scalars(select(SigningKey).where(SigningKey.alg == a)).all()
-            nxt = [r for r in rows if r.status == "next"]
-            for r in rows:
-                if r.status == "active":
-                    r.status, r.retired_at = "retired", now
-            if nxt:
-                nxt[0].status, nxt[0].activated_at = "active", now
-            else:
-                session.add(to_row(generate(a), a, "active", settings["KEY_PASSPHRASE"]))
-            session.add(to_row(generate(a), a, "next", settings["KEY_PASSPHRASE"]))
-            session.flush()
-        session.commit()
-    click.echo("rotated: running instances sign with the new keys within ten seconds")
+    for name in [alg] if alg else ALGORITHMS:
+        try:
+            kid = rotate(database, name, settings["KEY_PASSPHRASE"],
+                         min_published=0 if force else min_publication(settings))
+        except NotReady as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"{name}: {kid or 'rotated meanwhile by another instance'} signs now")
+    click.echo(f"running instances sign with the new keys within {settings['KEY_REFRESH']} s")
 
 
 @keys.command("retire")
 def keys_retire():
     """Remove retired keys once every token they signed has expired."""
-    settings = _settings()
-    database = _database(settings)
-    longest = max(int(settings["ACCESS_TOKEN_TTL"]), int(settings["ID_TOKEN_TTL"]))
-    cutoff = time.time() - longest
-    removed = 0
-    with database.session_factory() as session:
-        for row in session.scalars(select(SigningKey).where(SigningKey.status == "retired")):
-            if row.retired_at is not None and row.retired_at < cutoff:
-                session.delete(row)
-                removed += 1
-        session.commit()
-    click.echo(f"removed {removed} retired key(s)")
+    from keys.rotation import remove_expired
 
+    settings = _settings()
+    longest = max(int(settings["ACCESS_TOKEN_TTL"]), int(settings["ID_TOKEN_TTL"]))
+    removed = remove_expired(_database(settings), longest)
+    click.echo(f"removed {removed} retired key(s)")
 
 
 if __name__ == "__main__":  # pragma: no cover

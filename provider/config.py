@@ -33,6 +33,10 @@ DEFAULTS: dict[str, object] = {
     # Keys
     "SIGNING_ALG": "RS256",
     "KEY_PASSPHRASE": "",
+    "JWKS_MAX_AGE": 300,  # Cache-Control max-age of the JWKS
+    "KEY_REFRESH": 5,  # seconds between an instance's re-reads of the key table
+    "KEY_ROTATION_PERIOD": 0,  # seconds an active key signs before automatic rotation; 0: off
+    "MAINTENANCE_INTERVAL": 30,  # seconds between background purges and rotation checks
     # Server
     "WORKERS": 1,
     "THREADS": 64,

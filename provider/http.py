@@ -132,7 +132,8 @@ def discovery():
 @bp.get("/jwks.json")
 def jwks():
     response = jsonify(parts().keys.jwks())
-    response.headers["Cache-Control"] = "public, max-age=300"
+    # shorter than the time a next key is published before it signs (keys/rotation.py)
+    response.headers["Cache-Control"] = f"public, max-age={int(parts().settings['JWKS_MAX_AGE'])}"
     response.headers["Access-Control-Allow-Origin"] = "*"
     return response
 

@@ -26,9 +26,12 @@ class _Gunicorn(BaseApplication):
 
 
 def _post_fork(_server, _worker):
-    app = _APP[0]
+    from .maintenance import start
+
+    parts = _APP[0].extensions["qr_oidc"]
     # connections opened in the master must not be shared by the forked workers
-    app.extensions["qr_oidc"].db.engine.dispose(close=False)
+    parts.db.engine.dispose(close=False)
+    start(parts)
 
 
 _APP: list = []
