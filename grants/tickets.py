@@ -24,6 +24,7 @@ from sqlalchemy import case, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from provider.models import Client, Ticket, User, now
+from provider.notify import notify_in_transaction
 from provider.security import (
     binding_choices,
     binding_code,
@@ -194,6 +195,8 @@ class Tickets:
             update(Ticket).where(*conditions).values(**values)
             .execution_options(synchronize_session=False)
         ).rowcount
+        if done:
+            notify_in_transaction(self.db.session, row.id)
         self.db.session.commit()
         if done:
             self.notifier.publish(row.id)

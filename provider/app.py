@@ -46,8 +46,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.json.sort_keys = False
 
-    database = Database(settings["DATABASE_URL"])
-    database.create_all()
+    database = Database(settings["DATABASE_URL"], int(settings["DB_POOL_SIZE"]),
+                        int(settings["DB_MAX_OVERFLOW"]))
+    database.prepare()
     database.init_app(app)
 
     keys = KeyStore(database, passphrase=settings["KEY_PASSPHRASE"],

@@ -32,13 +32,17 @@ def _settings(**overrides) -> dict:
         raise click.ClickException(str(exc)) from None
 
 
-def _database(settings: dict):
+def _database(settings: dict, prepare: bool = True):
     from .db import Database
+    from .migrate import SchemaBehind
 
     try:
         database = Database(settings["DATABASE_URL"])
-        database.create_all()
-    except (SQLAlchemyError, ValueError) as exc:
+        if prepare:
+            database.prepare()
+    except SchemaBehind as exc:
+        raise click.ClickException(str(exc)) from None
+    except (SQLAlchemyError, ValueError, ImportError) as exc:
         raise click.ClickException(f"cannot open the database: {exc.__class__.__name__}: "
                                    f"{str(exc).splitlines()[0]}") from None
     return database
@@ -52,16 +56,18 @@ def _configure_logging(level: str) -> None:
     )
     # Authlib logs whole token dicts at debug level: never let it.
     logging.getLogger("authlib").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _build_app(settings_overrides: dict):
     from keys import KeyError_
 
     from .app import create_app
+    from .migrate import SchemaBehind
 
     try:
         return create_app(settings_overrides)
-    except (config.ConfigError, KeyError_) as exc:
+    except (config.ConfigError, KeyError_, SchemaBehind) as exc:
         raise click.ClickException(str(exc)) from None
     except SQLAlchemyError as exc:
         raise click.ClickException(
@@ -131,6 +137,51 @@ def demo(host, port, database_url):
     sys.stdout.flush()
     run(app, settings["HOST"], settings["PORT"], 1, settings["THREADS"],
         int(settings["LONG_POLL_MAX"]))
+
+
+# -- database --------------------------------------------------------------------------------------
+@cli.group()
+def db():
+    """The database schema (Alembic migrations shipped with qr-oidc)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision):
+    """Bring the schema up to this version of qr-oidc (back up the database first)."""
+    from . import migrate
+
+    database = _database(_settings(), prepare=False)
+    try:
+        before = migrate.current(database.engine)
+        migrate.upgrade(database.engine, revision)
+        after = migrate.current(database.engine)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"upgrade failed: {str(exc).splitlines()[0]}") from None
+    click.echo(f"schema: {before or 'empty'} -> {after}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision):
+    """Take the schema back to REVISION (\"base\" empties it)."""
+    from . import migrate
+
+    database = _database(_settings(), prepare=False)
+    try:
+        migrate.downgrade(database.engine, revision)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"downgrade failed: {str(exc).splitlines()[0]}") from None
+    click.echo(f"schema: {migrate.current(database.engine) or 'empty'}")
+
+
+@db.command("current")
+def db_current():
+    """Print the schema revision of the database and the one this qr-oidc needs."""
+    from . import migrate
+
+    database = _database(_settings(), prepare=False)
+    click.echo(f"database: {migrate.current(database.engine) or 'empty'}; needed: {migrate.head()}")
 
 
 # -- clients ---------------------------------------------------------------------------------------

@@ -39,7 +39,9 @@ DEFAULTS: dict[str, object] = {
     "MAINTENANCE_INTERVAL": 30,  # seconds between background purges and rotation checks
     # Server
     "WORKERS": 1,
-    "THREADS": 64,
+    "THREADS": 1000,
+    "DB_POOL_SIZE": 10,  # database connections kept per process
+    "DB_MAX_OVERFLOW": 20,  # extra connections a process may open under load
     "LOG_LEVEL": "info",
 }
 

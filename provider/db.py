@@ -27,25 +27,25 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 15},
-            pool_size=20,
-            max_overflow=40,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
+    return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
 
 
 class Database:
     """Engine plus a thread-scoped session registry; ``init_app`` ends the session per request."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, pool_size: int = 10, max_overflow: int = 20):
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size, max_overflow)
         self.session_factory = sessionmaker(bind=self.engine, expire_on_commit=False)
         self.session = scoped_session(self.session_factory)
 
@@ -53,10 +53,11 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
-    def create_all(self) -> None:
-        from . import models  # noqa: F401  (registers the tables)
+    def prepare(self) -> None:
+        """Create the schema in an empty database; refuse one that is behind (provider/migrate)."""
+        from . import migrate
 
-        Base.metadata.create_all(self.engine)
+        migrate.ensure(self.engine)
 
     def init_app(self, app) -> None:
         app.extensions["qr_oidc_db"] = self

@@ -1,7 +1,11 @@
 """The production server: gunicorn with threaded workers.
 
 Why threads: a status long poll holds its request open for up to ``LONG_POLL_MAX`` seconds while
-doing nothing, so a worker needs many cheap concurrent slots (``THREADS``) rather than processes.
+doing nothing (it waits on a condition variable, holding no database connection), so a worker
+needs many cheap concurrent slots rather than processes. gunicorn's gthread worker starts threads
+on demand up to ``THREADS`` (default 1000), so 500 open long polls leave plenty for token polls
+and discovery; an idle thread costs a few tens of KiB. Processes (``WORKERS``) add CPU
+parallelism for signing; they share state only through the database.
 The app is built once in the master (so a bad configuration or a wrong key passphrase stops the
 server before it binds) and each worker starts with a fresh connection pool.
 """
@@ -27,10 +31,13 @@ class _Gunicorn(BaseApplication):
 
 def _post_fork(_server, _worker):
     from .maintenance import start
+    from .notify import PgListener
 
     parts = _APP[0].extensions["qr_oidc"]
     # connections opened in the master must not be shared by the forked workers
     parts.db.engine.dispose(close=False)
+    if parts.db.engine.dialect.name == "postgresql":
+        PgListener(parts.db.engine.url, parts.notifier).start()
     start(parts)
 
 
@@ -43,6 +50,7 @@ def run(app, host: str, port: int, workers: int, threads: int, long_poll_max: in
         "bind": f"{host}:{port}",
         "workers": max(1, workers),
         "threads": max(1, threads),
+        "worker_connections": max(1, threads) + 100,
         "worker_class": "gthread",
         "timeout": long_poll_max + 30,
         "graceful_timeout": 5,
