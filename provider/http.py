@@ -402,12 +402,16 @@ def ticket_status():
     while True:
         seen = p.notifier.version(ticket_id)
         at = time.time()
-        if row.public_status(at) != known or time.monotonic() >= deadline:
+        status = row.public_status(at)
+        if status != known or time.monotonic() >= deadline:
             return json_response(_status_body(row, at))
-        p.db.session.rollback()  # end the read transaction: never hold one while waiting
         remaining = deadline - time.monotonic()
-        until_expiry = row.expires_at - at if row.public_status(at) != "expired" else remaining
-        p.notifier.wait(ticket_id, seen, max(0.0, min(remaining, until_expiry + 0.01)))
+        if status != "expired":  # wake when it expires, too
+            remaining = min(remaining, row.expires_at - at + 0.01)
+        # End the read transaction and forget the loaded row before waiting: no connection is
+        # held while waiting, and the next read sees the change that woke us (not a cached row).
+        p.db.session.rollback()
+        p.notifier.wait(ticket_id, seen, max(0.0, remaining))
         row = p.tickets.by_ticket(secret)
         if row is None:  # purged meanwhile
             return error("unknown_ticket", 404, "No such ticket.")

@@ -87,6 +87,8 @@ class Server(AuthorizationServer):
         # invalid_client is always 401 here (SPEC.md), with the Basic challenge RFC 6749 §5.2 names
         if error.error == "invalid_client":
             error.status_code = 401
+        if not error.description:  # some Authlib errors keep their text only in a getter
+            error.description = error.get_error_description()
         return super().handle_error_response(request, error)
 
     # -- storage -----------------------------------------------------------------------------

@@ -1,0 +1,270 @@
+"""The web client's token poll with a QR ticket (SPEC.md "Poll for tokens"): every error code with
+its HTTP status, ``Cache-Control: no-store`` and a JSON body; and the interval the server enforces
+and keeps with the ticket (RFC 8628 §3.5 ``slow_down``). Expiry (``expired_token``) is tested in
+test_tickets.py against a server with short-lived tickets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+import pytest
+import requests
+from helpers import QR_GRANT, approved_ticket, pkce
+
+
+def assert_poll_error(response: requests.Response, status: int, error: str) -> dict:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["Cache-Control"] == "no-store", response.headers
+    assert response.headers["Content-Type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert body["error"] == error, body
+    assert isinstance(body.get("error_description"), str), body
+    return body
+
+
+def poll_interval(provider, ticket: dict) -> int:
+    digest = hashlib.sha256(ticket["ticket"].encode()).hexdigest()
+    rows = provider.db("SELECT poll_interval FROM tickets WHERE ticket_hash = ?", digest)
+    assert len(rows) == 1, rows
+    return rows[0][0]
+
+
+def post_token(provider, data: dict, auth=None) -> requests.Response:
+    return requests.post(provider.url + "/token", data=data, auth=auth, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def other_client(provider):
+    """A second confidential relying party, which must not redeem the first one's tickets."""
+    return provider.create_client("--name", "Other shop")
+
+
+@pytest.fixture(scope="module")
+def code_only_client(provider):
+    return provider.create_client("--name", "Code only client", "--grant-type",
+                                  "authorization_code", "--redirect-uri",
+                                  "https://code-only.example/cb")
+
+
+@pytest.fixture
+def world(provider, web_client, other_client, code_only_client, alice_phone):
+    return {"provider": provider, "web": web_client, "other": other_client,
+            "code_only": code_only_client, "phone": alice_phone}
+
+
+# -- the cases: each makes one poll and names the error it must get -------------------------------
+def pending_ticket(w):
+    ticket = w["provider"].ticket(w["web"])
+    return w["provider"].poll(w["web"], ticket["ticket"])
+
+
+def scanned_ticket(w):
+    p = w["provider"]
+    ticket = p.ticket(w["web"])
+    assert p.phone("scan", w["phone"], scan_code=p.scan_code(ticket)).status_code == 200
+    return p.poll(w["web"], ticket["ticket"])
+
+
+def denied_ticket(w):
+    p = w["provider"]
+    ticket = p.ticket(w["web"])
+    code = p.scan_code(ticket)
+    assert p.phone("scan", w["phone"], scan_code=code).status_code == 200
+    assert p.phone("deny", w["phone"], scan_code=code).status_code == 200
+    return p.poll(w["web"], ticket["ticket"])
+
+
+def unknown_ticket(w):
+    return w["provider"].poll(w["web"], secrets.token_urlsafe(32))
+
+
+def redeemed_ticket(w):
+    p = w["provider"]
+    ticket = approved_ticket(p, w["web"], w["phone"])
+    assert p.poll(w["web"], ticket["ticket"]).status_code == 200
+    return p.poll(w["web"], ticket["ticket"])
+
+
+def other_clients_ticket(w):
+    p = w["provider"]
+    ticket = approved_ticket(p, w["web"], w["phone"])
+    return p.poll(w["other"], ticket["ticket"])
+
+
+def scan_code_as_ticket(w):
+    """Knowing the QR content must never be enough to obtain tokens."""
+    p = w["provider"]
+    ticket = approved_ticket(p, w["web"], w["phone"])
+    return p.poll(w["web"], p.scan_code(ticket))
+
+
+def user_code_as_ticket(w):
+    p = w["provider"]
+    ticket = approved_ticket(p, w["web"], w["phone"])
+    return p.poll(w["web"], ticket["user_code"])
+
+
+def wrong_client_secret(w):
+    p = w["provider"]
+    ticket = approved_ticket(p, w["web"], w["phone"])
+    return post_token(p, {"grant_type": QR_GRANT, "ticket": ticket["ticket"]},
+                      auth=(w["web"]["client_id"], "not-the-secret"))
+
+
+def wrong_client_secret_in_body(w):
+    p = w["provider"]
+    ticket = approved_ticket(p, w["web"], w["phone"])
+    return post_token(p, {"grant_type": QR_GRANT, "ticket": ticket["ticket"],
+                          "client_id": w["web"]["client_id"], "client_secret": "not-the-secret"})
+
+
+def unknown_client_id(w):
+    p = w["provider"]
+    ticket = approved_ticket(p, w["web"], w["phone"])
+    return post_token(p, {"grant_type": QR_GRANT, "ticket": ticket["ticket"]},
+                      auth=("no-such-client", "whatever"))
+
+
+def no_client_authentication(w):
+    p = w["provider"]
+    ticket = approved_ticket(p, w["web"], w["phone"])
+    return post_token(p, {"grant_type": QR_GRANT, "ticket": ticket["ticket"]})
+
+
+def unsupported_grant_type(w):
+    p = w["provider"]
+    ticket = p.ticket(w["web"])
+    return post_token(p, {"grant_type": "urn:example:no-such-grant", "ticket": ticket["ticket"]},
+                      auth=(w["web"]["client_id"], w["web"]["client_secret"]))
+
+
+def missing_ticket(w):
+    return post_token(w["provider"], {"grant_type": QR_GRANT},
+                      auth=(w["web"]["client_id"], w["web"]["client_secret"]))
+
+
+def client_without_the_qr_grant(w):
+    p = w["provider"]
+    ticket = p.ticket(w["web"])
+    return p.poll(w["code_only"], ticket["ticket"])
+
+
+POLL_ERRORS = [
+    # (case, HTTP status, error)
+    (pending_ticket, 400, "authorization_pending"),
+    (scanned_ticket, 400, "authorization_pending"),
+    (denied_ticket, 400, "access_denied"),
+    (unknown_ticket, 400, "invalid_grant"),
+    (redeemed_ticket, 400, "invalid_grant"),
+    (other_clients_ticket, 400, "invalid_grant"),
+    (scan_code_as_ticket, 400, "invalid_grant"),
+    (user_code_as_ticket, 400, "invalid_grant"),
+    (wrong_client_secret, 401, "invalid_client"),
+    (wrong_client_secret_in_body, 401, "invalid_client"),
+    (unknown_client_id, 401, "invalid_client"),
+    (no_client_authentication, 401, "invalid_client"),
+    (unsupported_grant_type, 400, "unsupported_grant_type"),
+    (missing_ticket, 400, "invalid_request"),
+    (client_without_the_qr_grant, 400, "unauthorized_client"),
+]
+
+
+@pytest.mark.parametrize("case,status,error", POLL_ERRORS,
+                         ids=[f"{case.__name__} -> {error}" for case, _s, error in POLL_ERRORS])
+def test_a_token_poll_answers_with_the_error_spec_names(world, case, status, error):
+    body = assert_poll_error(case(world), status, error)
+    assert "access_token" not in body and "id_token" not in body
+
+
+def test_invalid_client_with_basic_auth_carries_a_basic_challenge(provider, web_client):
+    """RFC 6749 §5.2: a client that used the Authorization header gets 401 and WWW-Authenticate."""
+    response = post_token(provider, {"grant_type": QR_GRANT, "ticket": "x"},
+                          auth=(web_client["client_id"], "not-the-secret"))
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Basic"), response.headers
+
+
+REFUSED_POLLS = {
+    "another client": lambda w, t: w["provider"].poll(w["other"], t["ticket"]),
+    "a wrong secret": lambda w, t: post_token(
+        w["provider"], {"grant_type": QR_GRANT, "ticket": t["ticket"]},
+        auth=(w["web"]["client_id"], "not-the-secret")),
+    "an unknown client_id": lambda w, t: post_token(
+        w["provider"], {"grant_type": QR_GRANT, "ticket": t["ticket"]},
+        auth=("no-such-client", "whatever")),
+    "no client authentication": lambda w, t: post_token(
+        w["provider"], {"grant_type": QR_GRANT, "ticket": t["ticket"]}),
+    "a client without the QR grant": lambda w, t: w["provider"].poll(w["code_only"], t["ticket"]),
+}
+
+
+@pytest.mark.parametrize("who", REFUSED_POLLS)
+def test_a_refused_poll_does_not_use_the_ticket_up(world, who):
+    """Whoever is refused, the web client that owns the approved ticket still gets its tokens."""
+    p = world["provider"]
+    ticket = approved_ticket(p, world["web"], world["phone"])
+    assert REFUSED_POLLS[who](world, ticket).status_code in (400, 401)
+    tokens = p.poll(world["web"], ticket["ticket"])
+    assert tokens.status_code == 200, tokens.text
+    assert "access_token" in tokens.json()
+
+
+def test_a_wrong_code_verifier_is_invalid_grant_and_does_not_use_the_ticket_up(
+        provider, public_client, alice_phone):
+    verifier, challenge = pkce()
+    cid = {"client_id": public_client["client_id"]}
+    ticket = approved_ticket(provider, public_client, alice_phone, code_challenge=challenge,
+                             code_challenge_method="S256", **cid)
+    assert_poll_error(provider.poll(public_client, ticket["ticket"], code_verifier=pkce()[0],
+                                    **cid), 400, "invalid_grant")
+    right = provider.poll(public_client, ticket["ticket"], code_verifier=verifier, **cid)
+    assert right.status_code == 200, right.text
+
+
+# -- the interval ---------------------------------------------------------------------------------
+def test_the_first_poll_is_never_slow_down(provider, web_client):
+    for _ in range(3):  # three fresh tickets polled back to back: each one's first poll
+        ticket = provider.ticket(web_client)
+        assert_poll_error(provider.poll(web_client, ticket["ticket"]), 400,
+                          "authorization_pending")
+        assert poll_interval(provider, ticket) == 2
+
+
+def test_an_immediate_second_poll_is_slow_down_and_the_interval_grows_by_5(provider,
+                                                                           web_client):
+    ticket = provider.ticket(web_client)
+    assert ticket["interval"] == 2
+    assert_poll_error(provider.poll(web_client, ticket["ticket"]), 400, "authorization_pending")
+    assert poll_interval(provider, ticket) == 2
+    assert_poll_error(provider.poll(web_client, ticket["ticket"]), 400, "slow_down")
+    assert poll_interval(provider, ticket) == 7
+
+
+def test_a_scanned_ticket_is_throttled_like_a_pending_one(provider, web_client, alice_phone):
+    ticket = provider.ticket(web_client)
+    assert provider.phone("scan", alice_phone,
+                          scan_code=provider.scan_code(ticket)).status_code == 200
+    assert_poll_error(provider.poll(web_client, ticket["ticket"]), 400, "authorization_pending")
+    assert_poll_error(provider.poll(web_client, ticket["ticket"]), 400, "slow_down")
+    assert poll_interval(provider, ticket) == 7
+
+
+def test_a_poll_a_little_early_within_20_percent_is_not_slow_down(provider, web_client):
+    ticket = provider.ticket(web_client)
+    assert_poll_error(provider.poll(web_client, ticket["ticket"]), 400, "authorization_pending")
+    time.sleep(1.7)  # the interval is 2 s; 1.7 s is 15% early
+    assert_poll_error(provider.poll(web_client, ticket["ticket"]), 400, "authorization_pending")
+    assert poll_interval(provider, ticket) == 2
+
+
+def test_many_rapid_polls_never_grow_the_interval_past_60(provider, web_client):
+    ticket = provider.ticket(web_client)
+    assert_poll_error(provider.poll(web_client, ticket["ticket"]), 400, "authorization_pending")
+    seen = []
+    for _ in range(14):  # 2 + 5 * 12 = 62: the cap is reached on the 12th slow_down
+        assert_poll_error(provider.poll(web_client, ticket["ticket"]), 400, "slow_down")
+        seen.append(poll_interval(provider, ticket))
+    assert seen == [min(2 + 5 * n, 60) for n in range(1, 15)]
