@@ -72,7 +72,7 @@ def _page_headers(response):
     if response.mimetype == "text/html":
         response.headers.setdefault(
             "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "default-src 'self'; img-src 'self' data: https:; style-src 'self' 'unsafe-inline'; "
             "frame-ancestors 'none'; form-action 'self' *; base-uri 'none'",
         )
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -129,6 +129,8 @@ def logout():
 # -- the authorization endpoint ------------------------------------------------------------------
 @bp.route("/authorize", methods=["GET", "POST"])
 def authorize():
+    """The authorization endpoint. Signed out: the login page, a QR for this very request beside
+    the password form. Signed in: consent (unless first-party, or the phone already confirmed)."""
     server = parts().server
     user = current_user()
     try:
@@ -138,9 +140,14 @@ def authorize():
             return server.handle_error_response(None, exc)
         return render_template("error.html", error=exc.error,
                                description=exc.get_error_description()), exc.status_code
-    if user is None:
-        return redirect(url_for("pages.login", next=request.full_path))
     client: Client = grant.client
+    qr_outcome = session.pop("qr_outcome", None)
+    if qr_outcome and qr_outcome.get("client_id") == client.client_id:
+        # the phone's confirmation screen (client, scopes) was the consent, or the refusal
+        granted = user if qr_outcome.get("outcome") == "approved" else None
+        return server.create_authorization_response(grant_user=granted, grant=grant)
+    if user is None:
+        return _login_page(grant)
     if request.method == "GET" and not client.first_party:
         return render_template("consent.html", client=client, user=user,
                                scopes=(grant.request.scope or "").split())
@@ -149,6 +156,61 @@ def authorize():
         if request.form.get("decision") != "approve":
             return server.create_authorization_response(grant_user=None, grant=grant)
     return server.create_authorization_response(grant_user=user, grant=grant)
+
+
+def _login_page(grant):
+    """The hosted login page for an authorization request: password form and QR side by side."""
+    p = parts()
+    client: Client = grant.client
+    new = p.tickets.create(
+        client,
+        grant.request.scope or "",
+        kind="authorize",
+        nonce=request.args.get("nonce"),
+        requester_ip=request.remote_addr,
+        requester_ua=request.headers.get("User-Agent"),
+        auth_request={"client_id": client.client_id},
+    )
+    session["qr_ticket_id"] = new.row.id
+    issuer = p.settings["ISSUER"]
+    qr = {
+        "ticket": new.ticket,
+        "image": f"{issuer}/qr/{new.scan_code}.png",
+        "content": f"{issuer}/s/{new.scan_code}",
+        "user_code": new.user_code,
+        "binding_code": new.row.binding_code,
+        "expires_in": int(new.row.expires_at - new.row.created_at),
+    }
+    return render_template("login.html", next=request.full_path, error=None, qr=qr,
+                           client=client, return_to=request.full_path)
+
+
+@bp.post("/authorize/qr")
+def authorize_qr():
+    """The hosted login page's QR was approved or denied on the phone: finish this browser's
+    authorization request with that outcome (a code with amr ["qr"], or error=access_denied)."""
+    p = parts()
+    check_csrf()
+    return_to = safe_next(request.form.get("return_to"))
+    row = p.tickets.by_ticket(request.form.get("ticket", ""))
+    if row is None or row.kind != "authorize" or not constant_equals(
+            row.id, session.get("qr_ticket_id")):
+        return render_template("error.html", error="invalid_request",
+                               description="This sign-in is not waiting here any more."), 400
+    status = row.public_status()
+    if status == "approved" and p.tickets.redeem(row, time.time()):
+        p.db.session.commit()
+        session.clear()  # a new session for the user who approved (no fixation)
+        session["uid"] = row.user_id
+        session["auth_time"] = row.decided_at
+        session["amr"] = "qr"
+    elif status == "denied":
+        session.pop("qr_ticket_id", None)
+    else:
+        # pending, expired or already used: show the page again, with a fresh QR
+        return redirect(return_to)
+    session["qr_outcome"] = {"client_id": row.client_id, "outcome": status}
+    return redirect(return_to)
 
 
 # -- confirmation in a browser: QR opened without the app, or a typed user code ---------------------
