@@ -207,10 +207,12 @@ class Tickets:
     def _refuse_unless_live(row: Ticket | None, at: float) -> Ticket:
         if row is None:
             raise TicketError("unknown_code", 404, "No ticket has this code.")
-        if row.status in ("approved", "denied", "redeemed"):
+        if row.status in ("denied", "redeemed"):
             raise TicketError("invalid_state", 409, f"The ticket is already {row.status}.")
         if row.is_expired(at):
             raise TicketError("expired", 410, "The ticket has expired.")
+        if row.status == "approved":
+            raise TicketError("invalid_state", 409, "The ticket is already approved.")
         return row
 
     def scan(self, row: Ticket | None, user: User) -> Ticket:

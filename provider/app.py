@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from keys import KeyStore
 
 from . import config
+from .body import MAX_BODY, BodyLimit
 from .db import Database
 from .models import Setting
 from .notify import LocalNotifier
@@ -43,7 +44,8 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     settings = config.load(overrides)
     app = Flask("provider")
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.wsgi_app = BodyLimit(app.wsgi_app)
     app.json.sort_keys = False
 
     database = Database(settings["DATABASE_URL"], int(settings["DB_POOL_SIZE"]),

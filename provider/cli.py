@@ -190,9 +190,13 @@ def clients():
     """Register relying parties."""
 
 
+UNSAFE_SCHEMES = {"javascript", "data", "vbscript", "file", "about", "blob"}
+
+
 def _check_redirect_uri(uri: str) -> str:
     parts = urlsplit(uri)
-    if not parts.scheme or parts.fragment or (parts.scheme in ("http", "https") and not parts.netloc):
+    if (not parts.scheme or parts.fragment or parts.scheme.lower() in UNSAFE_SCHEMES
+            or (parts.scheme in ("http", "https") and not parts.netloc)):
         raise click.BadParameter(f"{uri!r} is not an absolute URI without a fragment",
                                  param_hint="--redirect-uri")
     return uri
@@ -215,6 +219,8 @@ def _check_redirect_uri(uri: str) -> str:
 def clients_create(name, public, first_party, number_matching, redirect_uris, grant_types, scope,
                    logo_uri, id_token_alg, as_json):
     """Register a client; prints its client_id (and client_secret, shown only once)."""
+    if not name.strip() or len(name) > 200:
+        raise click.BadParameter("must be 1 to 200 characters, not blank", param_hint="--name")
     for grant_type in grant_types:
         if grant_type not in GRANT_TYPES:
             raise click.BadParameter(

@@ -7,7 +7,9 @@ default, so a bad value fails at start-up with a message naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from urllib.parse import urlsplit
 
 PREFIX = "QR_OIDC_"
 
@@ -69,6 +71,31 @@ def _parse(name: str, raw: str, default: object) -> object:
     return raw
 
 
+def _check_issuer(issuer: str) -> None:
+    """https, or http on loopback only: the issuer is in every QR code and every token."""
+    try:
+        parts = urlsplit(issuer)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}ISSUER {issuer!r} is not a URL") from None
+    if parts.scheme == "https" and host:
+        return
+    if parts.scheme == "http" and (host == "localhost" or _is_loopback(host)):
+        return
+    raise ConfigError(
+        f"{PREFIX}ISSUER must be an https URL (http only on loopback), not {issuer!r}: "
+        f"set {PREFIX}ISSUER to the public https address"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def load(overrides: dict | None = None, environ: dict | None = None) -> dict:
     """Return the settings: defaults, then the environment, then ``overrides``."""
     environ = os.environ if environ is None else environ
@@ -83,6 +110,10 @@ def load(overrides: dict | None = None, environ: dict | None = None) -> dict:
     if not settings["ISSUER"]:
         settings["ISSUER"] = f"http://{settings['HOST']}:{settings['PORT']}"
     settings["ISSUER"] = str(settings["ISSUER"]).rstrip("/")
+    _check_issuer(settings["ISSUER"])
+    if int(settings["EXPIRED_RETENTION"]) < 600:
+        raise ConfigError(f"{PREFIX}EXPIRED_RETENTION must be at least 600 seconds (SPEC: expired "
+                          "tickets answer 'expired' for at least ten minutes)")
     if int(settings["POLL_INTERVAL"]) < 1:
         raise ConfigError(f"{PREFIX}POLL_INTERVAL must be at least 1 second")
     if int(settings["TICKET_TTL"]) < 1:

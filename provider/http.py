@@ -31,13 +31,8 @@ from grants.refresh_token import revoke_family
 from grants.tickets import TicketError
 
 from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, Client, Token, User
-from .oauth import (
-    ACCESS_TOKEN_ALGS,
-    BearerError,
-    BodyRequest,
-    authenticate_bearer,
-    body_params,
-)
+from .body import body_params
+from .oauth import ACCESS_TOKEN_ALGS, BearerError, BodyRequest, authenticate_bearer
 from .security import digest, normalize_user_code
 
 bp = Blueprint("api", __name__)
@@ -248,7 +243,6 @@ def introspect():
         "exp": int(expires) if expires else None,
         "iat": int(row.issued_at),
         "iss": p.settings["ISSUER"],
-        "aud": p.settings["ISSUER"],
         "jti": row.jti,
     }
     if user is not None:

@@ -11,17 +11,19 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
-from authlib.oauth2.rfc6749 import InvalidRequestError
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import InvalidClientError
 from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import current_app, g
 from flask import request as flask_request
 from joserfc import jwt
 from joserfc.errors import JoseError
-from werkzeug.datastructures import MultiDict
 
+from .body import body_params
 from .models import Client, Token, User, now
 from .security import digest, new_id, new_secret
 
@@ -40,24 +42,6 @@ class BodyPayload(FlaskOAuth2Payload):
         return self._data
 
 
-def body_params(request) -> MultiDict:
-    if request.is_json:
-        parsed = request.get_json(silent=True)
-        if not isinstance(parsed, dict):
-            raise InvalidRequestError("The body must be a JSON object.")
-        params = MultiDict()
-        for key, value in parsed.items():
-            if isinstance(value, bool) or value is None:
-                raise InvalidRequestError(f"'{key}' must be a string.")
-            if isinstance(value, (int, float)):
-                value = str(value)
-            if not isinstance(value, str):
-                raise InvalidRequestError(f"'{key}' must be a string.")
-            params.add(key, value)
-        return params
-    return request.form
-
-
 class BodyRequest(FlaskOAuth2Request):
     def __init__(self, request):
         super().__init__(request)
@@ -66,6 +50,25 @@ class BodyRequest(FlaskOAuth2Request):
     @property
     def form(self):
         return self.payload.data
+
+
+class InvalidTargetError(OAuth2Error):
+    """RFC 8707 §2: the requested resource is not a usable URI."""
+
+    error = "invalid_target"
+
+
+def requested_resource() -> str | None:
+    """The ``resource`` of a token request (RFC 8707): the access token's ``aud`` if given."""
+    if flask_request.endpoint != "api.token":
+        return None
+    value = body_params(flask_request).get("resource")
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if not parts.scheme or not parts.netloc or parts.fragment or len(value) > 2000:
+        raise InvalidTargetError("resource must be an absolute URI without a fragment.")
+    return value
 
 
 class Server(AuthorizationServer):
@@ -82,6 +85,13 @@ class Server(AuthorizationServer):
         if flask_request.method == "GET" or flask_request.endpoint == "pages.authorize":
             return FlaskOAuth2Request(flask_request)
         return BodyRequest(flask_request)
+
+    def authenticate_client(self, request, methods, endpoint="token"):
+        try:
+            return super().authenticate_client(request, methods, endpoint)
+        except (UnicodeDecodeError, ValueError, TypeError):
+            # a Basic header that is not base64 of UTF-8 "id:secret"
+            raise InvalidClientError("The client credentials cannot be read.") from None
 
     def handle_error_response(self, request, error):
         # invalid_client is always 401 here (SPEC.md), with the Basic challenge RFC 6749 §5.2 names
@@ -106,7 +116,7 @@ class Server(AuthorizationServer):
         claims = {
             "iss": settings["ISSUER"],
             "sub": user.sub if user else client.client_id,
-            "aud": settings["ISSUER"],
+            "aud": requested_resource() or settings["ISSUER"],
             "client_id": client.client_id,
             "iat": issued,
             "exp": issued + lifetime,

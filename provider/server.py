@@ -55,6 +55,8 @@ def run(app, host: str, port: int, workers: int, threads: int, long_poll_max: in
         "timeout": long_poll_max + 30,
         "graceful_timeout": 5,
         "keepalive": 5,
+        # room for long bearer tokens: the app answers an oversized one with JSON itself
+        "limit_request_field_size": 32768,
         "accesslog": None,  # the app logs each request by route pattern; paths carry scan codes
         "errorlog": "-",
         "loglevel": "warning",

@@ -157,3 +157,16 @@ def test_token_poll_with_client_secret_post(provider, web_client, alice_phone):
     }, timeout=10)
     assert response.status_code == 200, response.text
     assert "id_token" not in response.json()  # no openid scope: OAuth only
+
+
+def test_a_requested_resource_becomes_the_access_tokens_audience(provider, web_client,
+                                                                 alice_phone):
+    ticket = approved_ticket(provider, web_client, alice_phone)
+    bad = provider.poll(web_client, ticket["ticket"], resource="not a uri")
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_target"
+    # the refused request used nothing up
+    response = provider.poll(web_client, ticket["ticket"], resource="https://api.example/orders")
+    assert response.status_code == 200, response.text
+    access = verify_with_jwks(provider, response.json()["access_token"],
+                              audience="https://api.example/orders", typ="at+jwt")
+    assert access["aud"] == "https://api.example/orders"

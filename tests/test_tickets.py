@@ -664,6 +664,9 @@ EXPIRED_PHONE_STEPS = {
     "approve of a scanned ticket": ("scanned", "approve", "scan_code"),
     "approve of a scanned ticket by user code": ("scanned", "approve", "user_code"),
     "deny of a scanned ticket": ("scanned", "deny", "scan_code"),
+    "scan of an approved ticket": ("approved", "scan", "scan_code"),
+    "approve of an approved ticket": ("approved", "approve", "scan_code"),
+    "deny of an approved ticket": ("approved", "deny", "user_code"),
 }
 
 

@@ -1,0 +1,118 @@
+"""Request bodies of the JSON endpoints: read strictly, once, within a size limit.
+
+A body is a form (``application/x-www-form-urlencoded``) or a JSON object whose values are
+strings (numbers are taken as their text). Anything else is refused with ``invalid_request``
+rather than guessed at: a body the server cannot read is never an empty form. Each parameter
+appears at most once (RFC 6749 §3.1, §3.2), text is strict UTF-8, and a body larger than
+``MAX_BODY`` is refused with 413 also when it arrives chunked, without reading past the limit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from urllib.parse import parse_qsl
+
+from authlib.oauth2.rfc6749 import InvalidRequestError
+from flask import g
+from werkzeug.datastructures import MultiDict
+
+MAX_BODY = 64 * 1024
+
+
+def body_params(request) -> MultiDict:
+    """The request's body parameters; raises InvalidRequestError for a body that is not one."""
+    cached = g.get("qr_oidc_body")
+    if cached is not None:
+        return cached
+    raw = request.get_data(cache=True)
+    if not raw:
+        params = MultiDict()
+    elif request.mimetype == "application/x-www-form-urlencoded":
+        params = _form(raw)
+    elif request.mimetype == "application/json" or request.mimetype.endswith("+json"):
+        params = _json(raw)
+    else:
+        raise InvalidRequestError(
+            "Send the parameters as application/x-www-form-urlencoded or application/json.")
+    g.qr_oidc_body = params
+    return params
+
+
+def _form(raw: bytes) -> MultiDict:
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequestError("The form is not valid UTF-8.") from None
+    return _unique(pairs)
+
+
+def _json(raw: bytes) -> MultiDict:
+    try:
+        parsed = json.loads(raw.decode("utf-8"), object_pairs_hook=_Pairs)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidRequestError("The body is not valid JSON.") from None
+    if not isinstance(parsed, _Pairs):
+        raise InvalidRequestError("The body must be a JSON object.")
+    pairs = []
+    for key, value in parsed:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise InvalidRequestError(f"'{key}' must be a string.")
+        pairs.append((key, value if isinstance(value, str) else str(value)))
+    return _unique(pairs)
+
+
+class _Pairs(list):
+    """A JSON object kept as its (key, value) pairs, so a repeated key is seen, not merged."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+
+
+def _unique(pairs) -> MultiDict:
+    seen = set()
+    for key, value in pairs:
+        if key in seen:
+            raise InvalidRequestError(f"'{key}' appears more than once.")
+        seen.add(key)
+        try:
+            key.encode("utf-8"), value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a JSON escape
+            raise InvalidRequestError(f"'{key}' is not valid text.") from None
+    return MultiDict(pairs)
+
+
+class BodyLimit:
+    """WSGI middleware: refuse bodies over ``MAX_BODY`` before the app reads them, chunked ones
+    included (they carry no Content-Length for Flask's own limit to check)."""
+
+    def __init__(self, app, limit: int = MAX_BODY):
+        self.app, self.limit = app, limit
+
+    def __call__(self, environ, start_response):
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            try:
+                too_big = int(length) > self.limit
+            except ValueError:
+                too_big = False
+            if too_big:
+                return self._refuse(start_response)
+        elif "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            data = environ["wsgi.input"].read(self.limit + 1)
+            if len(data) > self.limit:
+                return self._refuse(start_response)
+            environ["wsgi.input"] = io.BytesIO(data)
+            environ["CONTENT_LENGTH"] = str(len(data))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+            environ["wsgi.input_terminated"] = False
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def _refuse(start_response):
+        body = b'{"error": "invalid_request", "error_description": "Body too large."}'
+        start_response("413 Content Too Large", [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"), ("Connection", "close"),
+        ])
+        return [body]
