@@ -10,12 +10,16 @@ import pytest
 from helpers import Provider, sign_in_phone
 
 
-@pytest.fixture(scope="session")
-def provider(tmp_path_factory):
-    server = Provider(tmp_path_factory.mktemp("provider"), {"QR_OIDC_POLL_INTERVAL": "2"})
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def provider(request, tmp_path_factory):
+    """The shared server; every test that uses it runs on SQLite and on PostgreSQL."""
+    server = Provider(tmp_path_factory.mktemp("provider"), {"QR_OIDC_POLL_INTERVAL": "2"},
+                      backend=request.param)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -30,17 +30,54 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Provider:
-    """One ``qr-oidc serve`` process on a free port with its own SQLite database."""
+# Where PostgreSQL test databases are made: one fresh database per server, dropped afterwards.
+PG_ADMIN_URL = os.environ.get("QR_OIDC_TEST_DATABASE_URL",
+                              "postgresql://root@127.0.0.1:5432/test")
 
-    def __init__(self, folder: Path, env: dict | None = None):
+
+def _pg_admin():
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://"),
+                           autocommit=True)
+
+
+def create_pg_database() -> str:
+    """A fresh, empty PostgreSQL database; returns its SQLAlchemy URL."""
+    name = "qr_oidc_test_" + secrets.token_hex(6)
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+    return base.replace("postgresql://", "postgresql+psycopg://", 1) + "/" + name
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with _pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Provider:
+    """One ``qr-oidc serve`` process on a free port with its own database: an SQLite file, or a
+    fresh PostgreSQL database (``backend="postgresql"``, or ``database_url`` to share one)."""
+
+    def __init__(self, folder: Path, env: dict | None = None, backend: str = "sqlite",
+                 database_url: str | None = None):
         self.folder = Path(folder)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_path = self.folder / "qr-oidc.db"
+        self.backend = backend
+        self.owns_database = False
+        if database_url is None and backend == "postgresql":
+            database_url = create_pg_database()
+            self.owns_database = True
+        if database_url is None:
+            database_url = f"sqlite:///{self.db_path}"
+        self.database_url = database_url
         self.env = {
             **os.environ,
-            "QR_OIDC_DATABASE_URL": f"sqlite:///{self.db_path}",
+            "QR_OIDC_DATABASE_URL": database_url,
             "QR_OIDC_HOST": "127.0.0.1",
             "QR_OIDC_PORT": str(self.port),
             "QR_OIDC_LOG_LEVEL": "info",
@@ -52,8 +89,10 @@ class Provider:
     # -- process ------------------------------------------------------------------------------
     def start(self, *extra: str) -> None:
         self._log = open(self.log_path, "ab")
+        # its own process group, so kill() takes the gunicorn workers down with the master
         self.proc = subprocess.Popen([BIN, "serve", *extra], env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -78,6 +117,15 @@ class Provider:
                 self.proc.wait(5)
         if getattr(self, "_log", None):
             self._log.close()
+        if self.owns_database:
+            drop_pg_database(self.database_url)
+            self.owns_database = False
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(10)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -101,8 +149,30 @@ class Provider:
 
     # -- direct reads of the storage (to check what the black box cannot show) -----------------
     def db(self, sql: str, *params) -> list[tuple]:
-        with sqlite3.connect(self.db_path, timeout=15) as conn:
-            return conn.execute(sql, params).fetchall()
+        """Run SQL (``?`` placeholders) on the server's database; returns the rows."""
+        if self.database_url.startswith("sqlite"):
+            with sqlite3.connect(self.db_path, timeout=15) as conn:
+                return conn.execute(sql, params).fetchall()
+        import psycopg
+
+        url = self.database_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url, autocommit=True) as conn:
+            cursor = conn.execute(sql.replace("?", "%s"), params)
+            return cursor.fetchall() if cursor.description else []
+
+    def dump(self) -> bytes:
+        """Everything the database keeps, as bytes (to look for secrets stored in clear)."""
+        if self.database_url.startswith("sqlite"):
+            data = b""
+            for suffix in ("", "-wal", "-journal"):
+                path = self.db_path.with_name(self.db_path.name + suffix)
+                if path.exists():
+                    data += path.read_bytes()
+            return data
+        tables = [name for (name,) in self.db(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return "\n".join(str(row) for table in tables
+                          for row in self.db(f'SELECT * FROM "{table}"')).encode()
 
     # -- relying party ------------------------------------------------------------------------
     def create_ticket(self, client: dict, **params) -> requests.Response:

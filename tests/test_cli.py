@@ -34,13 +34,8 @@ def one_error_line(result) -> str:
 
 
 def stored_bytes(provider) -> bytes:
-    """Everything SQLite keeps for the database: the file and its journals."""
-    data = b""
-    for suffix in ("", "-wal", "-journal"):
-        path = provider.db_path.with_name(provider.db_path.name + suffix)
-        if path.exists():
-            data += path.read_bytes()
-    return data
+    """Everything the database keeps (SQLite: the file and its journals; PostgreSQL: all rows)."""
+    return provider.dump()
 
 
 def count(provider, table: str) -> int:
