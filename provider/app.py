@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from flask import Flask, g, jsonify, request
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from keys import KeyStore
 
@@ -46,6 +47,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     app = Flask("provider")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.wsgi_app = BodyLimit(app.wsgi_app)
+    if int(settings["TRUSTED_PROXIES"]):
+        hops = int(settings["TRUSTED_PROXIES"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     app.json.sort_keys = False
 
     database = Database(settings["DATABASE_URL"], int(settings["DB_POOL_SIZE"]),
@@ -58,7 +62,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     keys.ensure()
     keys.check_startup()
 
-    notifier = LocalNotifier()
+    notifier = LocalNotifier(recheck=float(settings["LONG_POLL_RECHECK"]))
     parts = Parts(settings=settings, db=database, keys=keys, notifier=notifier)
     parts.tickets = Tickets(database, settings, notifier)
     app.extensions["qr_oidc"] = parts

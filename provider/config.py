@@ -26,6 +26,7 @@ DEFAULTS: dict[str, object] = {
     "POLL_INTERVAL": 2,  # seconds between token polls, RFC 8628 §3.2 "interval"
     "MAX_POLL_INTERVAL": 60,  # slow_down never grows the interval past this
     "LONG_POLL_MAX": 25,  # longest wait the status endpoint holds a request
+    "LONG_POLL_RECHECK": 1,  # a waiting long poll re-reads the database at least this often
     "EXPIRED_RETENTION": 900,  # expired tickets answer "expired" this long before purge
     # Tokens
     "ACCESS_TOKEN_TTL": 3600,
@@ -45,6 +46,8 @@ DEFAULTS: dict[str, object] = {
     "DB_POOL_SIZE": 10,  # database connections kept per process
     "DB_MAX_OVERFLOW": 20,  # extra connections a process may open under load
     "LOG_LEVEL": "info",
+    # proxies in front whose X-Forwarded-For / -Proto to trust (0: none; the peer is the client)
+    "TRUSTED_PROXIES": 0,
 }
 
 

@@ -29,7 +29,7 @@ def prepare(app) -> dict:
             session.add(User(
                 sub=new_id(), username=DEMO_USER["username"],
                 password_hash=hash_password(DEMO_USER["password"]), name=DEMO_USER["name"],
-                email="dana@example.org", picture=f"{issuer}/static/avatar.svg",
+                email="dana@example.org", picture=f"{issuer}/static/demo-avatar.svg",
             ))
         if session.get(Client, DEMO_CLIENT_ID) is None:
             session.add(Client(

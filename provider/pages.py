@@ -174,6 +174,7 @@ def _login_page(grant):
     session["qr_ticket_id"] = new.row.id
     issuer = p.settings["ISSUER"]
     qr = {
+        "issuer": issuer,
         "ticket": new.ticket,
         "image": f"{issuer}/qr/{new.scan_code}.png",
         "content": f"{issuer}/s/{new.scan_code}",

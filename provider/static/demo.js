@@ -1,61 +1,60 @@
-// Demo relying party: QR login as a public client with PKCE, following the ticket by long poll.
+// Demo relying party: logs in with the QR login widget (public client, PKCE, verified ID token).
 (function () {
-  const root = document.getElementById("qr-login");
-  const issuer = root.dataset.issuer, clientId = root.dataset.clientId, scope = root.dataset.scope;
+  "use strict";
+  const root = document.getElementById("demo");
   const $ = (id) => document.getElementById(id);
-  const b64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
-    .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-  const say = (text) => { $("qr-status").textContent = text; };
+  const { issuer, clientId, scope } = root.dataset;
+  let widget = null;
 
-  async function post(path, params) {
-    const response = await fetch(path, {
-      method: "POST", body: new URLSearchParams(params),
-      headers: { "Content-Type": "application/x-www-form-urlencoded" },
-    });
-    return { status: response.status, body: await response.json() };
+  // What the widget reported, newest last (handy to follow the callbacks while trying it out).
+  function note(callback, text) {
+    const item = document.createElement("li");
+    const name = document.createElement("code");
+    name.textContent = callback;
+    item.append(name, text ? " " + text : "");
+    item.dataset.callback = callback;
+    $("demo-events").append(item);
   }
 
-  async function start() {
-    $("qr-restart").hidden = true; $("qr-user").hidden = true;
-    const verifier = b64url(crypto.getRandomValues(new Uint8Array(32)));
-    const challenge = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
-    const created = await post("/qr/ticket", {
-      client_id: clientId, scope, nonce: b64url(crypto.getRandomValues(new Uint8Array(16))),
-      code_challenge: challenge, code_challenge_method: "S256",
-    });
-    if (created.status !== 201) { say("Could not start: " + created.body.error); return restartable(); }
-    const t = created.body;
-    $("qr-image").src = t.qr_image; $("qr-image").hidden = false;
-    $("qr-image").dataset.content = t.qr_content;
-    $("qr-user-code").textContent = t.user_code; $("qr-code-line").hidden = false;
-    if (t.binding_code) { $("qr-binding").textContent = t.binding_code; $("qr-binding-line").hidden = false; }
-    say("Scan the QR code with the app.");
-    let last = "pending";
-    for (;;) {
-      const s = await post("/qr/status", { ticket: t.ticket, wait: "25", last_status: last });
-      if (s.status !== 200) { say("Error: " + s.body.error); return restartable(); }
-      last = s.body.status;
-      if (s.body.user) {
-        $("qr-name").textContent = s.body.user.name;
-        if (s.body.user.picture) $("qr-avatar").src = s.body.user.picture;
-        $("qr-user").hidden = false;
-      }
-      if (last === "scanned") say("Scanned. Confirm on your phone.");
-      else if (last === "approved") break;
-      else if (last === "denied") { say("Cancelled on the phone."); return restartable(); }
-      else if (last === "expired") { say("The QR code expired."); return restartable(); }
-    }
-    const tokens = await post("/token", {
-      grant_type: "urn:qr-oidc:params:oauth:grant-type:qr-ticket",
-      ticket: t.ticket, client_id: clientId, code_verifier: verifier,
-    });
-    if (tokens.status !== 200) { say("Error: " + tokens.body.error); return restartable(); }
-    const claims = JSON.parse(atob(tokens.body.id_token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
-    $("qr-image").hidden = true; $("qr-code-line").hidden = true; $("qr-binding-line").hidden = true;
-    say("Signed in as " + (claims.name || claims.sub) + ".");
+  function header(jwt) {
+    const part = jwt.split(".")[0].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
   }
 
-  function restartable() { $("qr-image").hidden = true; $("qr-restart").hidden = false; }
-  $("qr-restart").addEventListener("click", start);
+  function signedIn(tokens, claims) {
+    const name = claims.name || claims.preferred_username || claims.sub;
+    $("demo-name").textContent = name;
+    $("demo-email").textContent = claims.email || "(not shared)";
+    $("demo-amr").textContent = (claims.amr || []).join(", ") === "qr" ? "QR code, approved on the phone"
+      : (claims.amr || []).join(", ");
+    const h = header(tokens.id_token);
+    $("demo-verified").textContent = "signature verified in this page (" + h.alg + ", key " +
+      String(h.kid).slice(0, 10) + "…, from /jwks.json); issuer, audience, expiry and nonce checked";
+    if (claims.picture) { $("demo-avatar").src = claims.picture; $("demo-avatar").hidden = false; }
+    $("demo-signed-out").hidden = true;
+    $("demo-signed-in").hidden = false;
+    $("demo-welcome").focus();
+    widget.destroy();
+    widget = null;
+  }
+
+  function start() {
+    $("demo-signed-in").hidden = true;
+    $("demo-signed-out").hidden = false;
+    widget = QrLogin.mount($("qr-login"), {
+      issuer, clientId, scope,
+      onScanned: (user) => note("onScanned", user.name),
+      onSuccess: (tokens, claims) => { note("onSuccess", claims.name); signedIn(tokens, claims); },
+      onCancel: () => note("onCancel", "the phone cancelled"),
+      onExpired: (info) => note("onExpired", "renewal " + (info.renewals + 1)),
+      onError: (error) => note("onError", error.message),
+    });
+  }
+
+  $("demo-sign-out").addEventListener("click", () => {
+    note("sign out", "tokens forgotten");
+    start();
+    $("demo-login-heading").focus();
+  });
   start();
 })();
