@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import case, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from provider.audit import audit, audit_after_commit
 from provider.models import Client, Ticket, User, now
 from provider.notify import notify_in_transaction
 from provider.security import (
@@ -111,6 +112,8 @@ class Tickets:
                 # a user code (34 bits) met a live one: draw new codes
                 session.rollback()
                 continue
+            audit("ticket.created", ticket=row.id, kind=kind, client_id=client.client_id,
+                  scope=scope)
             return NewTicket(row, ticket, scan_code, user_code)
         raise RuntimeError("could not draw a unique user code")
 
@@ -177,7 +180,7 @@ class Tickets:
 
     def redeem(self, row: Ticket, at: float) -> bool:
         """approved -> redeemed, once. Not committed here: the caller commits it with the tokens."""
-        return bool(
+        done = bool(
             self.db.session.execute(
                 update(Ticket)
                 .where(Ticket.id == row.id, Ticket.status == "approved", Ticket.expires_at > at)
@@ -185,6 +188,10 @@ class Tickets:
                 .execution_options(synchronize_session=False)
             ).rowcount
         )
+        if done:
+            audit_after_commit("ticket.redeemed", ticket=row.id, client_id=row.client_id,
+                               user_id=row.user_id)
+        return done
 
     # -- the phone's side --------------------------------------------------------------------
     def _transition(self, row: Ticket, expected: str, at: float, **values) -> bool:
@@ -198,9 +205,11 @@ class Tickets:
         if done:
             notify_in_transaction(self.db.session, row.id)
         self.db.session.commit()
+        self.reload(row)
         if done:
             self.notifier.publish(row.id)
-        self.reload(row)
+            audit(f"ticket.{values['status']}", ticket=row.id, client_id=row.client_id,
+                  user_id=row.user_id)
         return bool(done)
 
     @staticmethod
@@ -241,7 +250,10 @@ class Tickets:
             if not isinstance(binding, str) or not binding:
                 raise TicketError("invalid_request", 400, "Number matching: send binding_code.")
             if not secrets.compare_digest(binding.encode(), row.binding_code.encode()):
-                self._transition(row, "scanned", at, by_user=user.id, status="denied", decided_at=at)
+                self._transition(row, "scanned", at, by_user=user.id, status="denied",
+                                 decided_at=at)
+                audit("ticket.binding_mismatch", ticket=row.id, client_id=row.client_id,
+                      user_id=user.id)
                 raise TicketError(
                     "binding_mismatch", 403, "The number does not match; the login was cancelled."
                 )
@@ -284,6 +296,12 @@ class Tickets:
         background maintenance thread with a session of its own."""
         cutoff = now() - self.retention
         with self.db.session_factory() as session:
+            gone = session.execute(
+                select(Ticket.id, Ticket.client_id, Ticket.status).where(Ticket.expires_at < cutoff)
+            ).all()
             result = session.execute(delete(Ticket).where(Ticket.expires_at < cutoff))
             session.commit()
+        for ticket_id, client_id, status in gone:
+            if status not in ("redeemed", "denied"):
+                audit("ticket.expired", ticket=ticket_id, client_id=client_id, status=status)
         return result.rowcount or 0

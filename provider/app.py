@@ -19,6 +19,7 @@ from .body import MAX_BODY, BodyLimit
 from .db import Database
 from .models import Setting
 from .notify import LocalNotifier
+from .ratelimit import RateLimiter
 
 log = logging.getLogger("qr_oidc")
 access_log = logging.getLogger("qr_oidc.access")
@@ -34,6 +35,7 @@ class Parts:
     notifier: LocalNotifier
     tickets: object = None
     server: object = None
+    limiter: object = None
 
 
 def create_app(overrides: dict | None = None) -> Flask:
@@ -65,6 +67,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     notifier = LocalNotifier(recheck=float(settings["LONG_POLL_RECHECK"]))
     parts = Parts(settings=settings, db=database, keys=keys, notifier=notifier)
     parts.tickets = Tickets(database, settings, notifier)
+    parts.limiter = RateLimiter(database, settings)
     app.extensions["qr_oidc"] = parts
 
     app.secret_key = settings["SECRET_KEY"] or _shared_secret(database)

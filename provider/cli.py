@@ -57,6 +57,13 @@ def _configure_logging(level: str) -> None:
     # Authlib logs whole token dicts at debug level: never let it.
     logging.getLogger("authlib").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # the audit log: bare JSON lines, ready to ship
+    audit = logging.getLogger("qr_oidc.audit")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    audit.handlers[:] = [handler]
+    audit.propagate = False
+    audit.setLevel(logging.INFO)
 
 
 def _build_app(settings_overrides: dict):

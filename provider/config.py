@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from urllib.parse import urlsplit
 
 PREFIX = "QR_OIDC_"
@@ -46,6 +47,14 @@ DEFAULTS: dict[str, object] = {
     "DB_POOL_SIZE": 10,  # database connections kept per process
     "DB_MAX_OVERFLOW": 20,  # extra connections a process may open under load
     "LOG_LEVEL": "info",
+    # Rate limits, COUNT/SECONDS or off (provider/ratelimit.py); REDIS_URL moves the counters to Redis
+    "RATE_TICKET_CLIENT": "600/60",
+    "RATE_TICKET_IP": "30/60",
+    "RATE_USER_CODE_USER": "10/600",
+    "RATE_USER_CODE_IP": "20/600",
+    "RATE_LOGIN_ACCOUNT": "10/900",
+    "RATE_LOGIN_IP": "30/900",
+    "REDIS_URL": "",
     # proxies in front whose X-Forwarded-For / -Proto to trust (0: none; the peer is the client)
     "TRUSTED_PROXIES": 0,
 }
@@ -117,6 +126,11 @@ def load(overrides: dict | None = None, environ: dict | None = None) -> dict:
     if int(settings["EXPIRED_RETENTION"]) < 600:
         raise ConfigError(f"{PREFIX}EXPIRED_RETENTION must be at least 600 seconds (SPEC: expired "
                           "tickets answer 'expired' for at least ten minutes)")
+    for name in [n for n in settings if n.startswith("RATE_")]:
+        raw = str(settings[name]).strip().lower()
+        if raw != "off" and not re.fullmatch(r"[1-9][0-9]*/[1-9][0-9]*", raw):
+            raise ConfigError(f"{PREFIX}{name} must be COUNT/SECONDS (e.g. 30/60) or off, "
+                              f"not {settings[name]!r}")
     if int(settings["POLL_INTERVAL"]) < 1:
         raise ConfigError(f"{PREFIX}POLL_INTERVAL must be at least 1 second")
     if int(settings["TICKET_TTL"]) < 1:

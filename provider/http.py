@@ -31,8 +31,10 @@ from grants.refresh_token import revoke_family
 from grants.tickets import TicketError
 
 from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, Client, Token, User
+from .audit import discard_after_rollback, flush_after_commit
 from .body import body_params
 from .oauth import ACCESS_TOKEN_ALGS, BearerError, BodyRequest, authenticate_bearer
+from .ratelimit import TooManyRequests
 from .security import digest, normalize_user_code
 
 bp = Blueprint("api", __name__)
@@ -54,6 +56,11 @@ def error(code: str, status: int, description: str, headers: dict | None = None)
     if headers:
         response.headers.update(headers)
     return response
+
+
+def too_many(exc: TooManyRequests) -> Response:
+    return error("too_many_requests", 429, "Too many requests; try again later.",
+                 {"Retry-After": str(exc.retry_after)})
 
 
 def oauth_error(exc: OAuth2Error) -> Response:
@@ -146,9 +153,12 @@ def token():
             p.db.session.commit()  # the credential is used up together with the tokens saved
         except SQLAlchemyError:
             p.db.session.rollback()
+            discard_after_rollback()
             return error("server_error", 500, "The tokens could not be saved; try again.")
+        flush_after_commit()
     else:
         p.db.session.rollback()
+        discard_after_rollback()
     return response
 
 
@@ -283,6 +293,9 @@ def _create_ticket(kind: str, grant_type: str):
     client, data = _authenticated_client(kind)
     if not client.check_grant_type(grant_type):
         raise UnauthorizedClientError(f"The client may not use grant type {grant_type}.")
+    limiter = parts().limiter
+    limiter.hit("ticket_ip", request.remote_addr)
+    limiter.hit("ticket_client", client.client_id)
     scope = _requested_scope(client, data.get("scope"))
     nonce = data.get("nonce") or None
     if nonce is not None and len(nonce) > 512:
@@ -323,6 +336,8 @@ def create_ticket():
     except OAuth2Error as exc:
         parts().db.session.rollback()
         return oauth_error(exc)
+    except TooManyRequests as exc:
+        return too_many(exc)
     row = new.row
     body = {
         "ticket": new.ticket,
@@ -345,6 +360,8 @@ def device_authorization():
     except OAuth2Error as exc:
         parts().db.session.rollback()
         return oauth_error(exc)
+    except TooManyRequests as exc:
+        return too_many(exc)
     row = new.row
     return json_response({
         "device_code": new.ticket,
@@ -451,14 +468,31 @@ def _mobile(action):
     scan_code, user_code = data.get("scan_code"), data.get("user_code")
     if not scan_code and not user_code:
         return error("invalid_request", 400, "Send scan_code (from the QR) or user_code.")
-    if user_code and not scan_code and normalize_user_code(user_code) is None:
-        return error("unknown_code", 404, "No ticket has this code.")
-    row, code = p.tickets.by_code(scan_code, user_code)
+    if scan_code:
+        row, code = p.tickets.by_code(scan_code, None)
+    else:
+        try:
+            row, code = find_by_user_code(p, user_code, user)
+        except TooManyRequests as exc:
+            return too_many(exc)
     try:
         return action(p, row, code, user, data)
     except TicketError as exc:
         p.db.session.rollback()
         return error(exc.error, exc.status, exc.description)
+
+
+def find_by_user_code(p, typed: str, user):
+    """A ticket by typed user code, counting wrong codes per user and per IP (RFC 8628 §5.1):
+    a guesser is stopped after RATE_USER_CODE_USER wrong tries."""
+    limiter = p.limiter
+    limiter.check("user_code_user", user.sub)
+    limiter.check("user_code_ip", request.remote_addr)
+    row, code = p.tickets.by_code(None, typed) if normalize_user_code(typed) else (None, None)
+    if row is None:
+        limiter.hit("user_code_user", user.sub, refuse=False)
+        limiter.hit("user_code_ip", request.remote_addr, refuse=False)
+    return row, code
 
 
 def _scan(p, row, code, user, _data):

@@ -19,6 +19,7 @@ def run_once(parts) -> None:
     purged = parts.tickets.purge()
     if purged:
         log.info("purged %d expired tickets", purged)
+    parts.limiter.purge()
     period = int(settings["KEY_ROTATION_PERIOD"])
     if period:
         for alg in ALGORITHMS:

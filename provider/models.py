@@ -269,3 +269,13 @@ class Setting(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class RateCounter(Base):
+    """One rate-limit window's counter (provider/ratelimit.py); purged when the window ends."""
+
+    __tablename__ = "rate_counters"
+
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)

@@ -16,6 +16,8 @@ from flask import (
     Blueprint,
     abort,
     current_app,
+    jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -26,7 +28,10 @@ from sqlalchemy import select
 
 from grants.tickets import TicketError
 
+from .audit import audit
+from .http import find_by_user_code
 from .models import Client, User
+from .ratelimit import TooManyRequests
 from .security import check_password, constant_equals, hash_password, new_secret
 
 bp = Blueprint("pages", __name__, template_folder="templates")
@@ -80,6 +85,18 @@ def _page_headers(response):
     return response
 
 
+def too_many_page(exc: TooManyRequests, message: str):
+    """429 with Retry-After: an HTML page for a browser, the protocol's JSON for anything else."""
+    if request.accept_mimetypes.accept_html and not request.accept_mimetypes.accept_json:
+        response = make_response(render_template("error.html", error="too_many_requests",
+                                                 description=message), 429)
+    else:
+        response = jsonify(error="too_many_requests", error_description=message)
+        response.status_code = 429
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
 def safe_next(target: str | None) -> str:
     """Only a path on this site: never an absolute URL (no open redirect)."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -104,14 +121,26 @@ def login():
     check_csrf()
     username = request.form.get("username", "")
     password = request.form.get("password", "")
+    limiter = parts().limiter
+    account = username.strip().lower()[:150]
+    try:
+        limiter.check("login_account", account)
+        limiter.check("login_ip", request.remote_addr)
+    except TooManyRequests as exc:
+        audit("signin.refused", username=account, reason="rate_limited")
+        return too_many_page(exc, "Too many sign-in attempts. Try again later.")
     user = parts().db.session.scalar(select(User).where(User.username == username[:150]))
     global _DUMMY_HASH
     if _DUMMY_HASH is None:
         _DUMMY_HASH = hash_password(new_secret())
     valid = check_password(user.password_hash if user else _DUMMY_HASH, password)
     if user is None or not valid:
+        limiter.hit("login_account", account, refuse=False)
+        limiter.hit("login_ip", request.remote_addr, refuse=False)
+        audit("signin.failed", username=account)
         return render_template("login.html", next=next_url,
                                error="Wrong username or password."), 401
+    audit("signin", user_id=user.id, amr="pwd")
     session.clear()  # a new session on sign-in (no fixation)
     session["uid"] = user.id
     session["auth_time"] = time.time()
@@ -147,6 +176,12 @@ def authorize():
         granted = user if qr_outcome.get("outcome") == "approved" else None
         return server.create_authorization_response(grant_user=granted, grant=grant)
     if user is None:
+        try:
+            parts().limiter.hit("ticket_ip", request.remote_addr)
+            parts().limiter.hit("ticket_client", client.client_id)
+        except TooManyRequests:  # no QR this time; the password form still works
+            return render_template("login.html", next=request.full_path, error=None, qr=None,
+                                   client=client, return_to=request.full_path)
         return _login_page(grant)
     if request.method == "GET" and not client.first_party:
         return render_template("consent.html", client=client, user=user,
@@ -202,6 +237,7 @@ def authorize_qr():
     if status == "approved" and p.tickets.redeem(row, time.time()):
         p.db.session.commit()
         session.clear()  # a new session for the user who approved (no fixation)
+        audit("signin", user_id=row.user_id, amr="qr", ticket=row.id)
         session["uid"] = row.user_id
         session["auth_time"] = row.decided_at
         session["amr"] = "qr"
@@ -237,7 +273,13 @@ def device():
 def _confirm_screen(scan_code: str | None = None, user_code: str | None = None):
     p = parts()
     user = current_user()
-    row, code = p.tickets.by_code(scan_code, user_code)
+    if scan_code is not None:
+        row, code = p.tickets.by_code(scan_code, None)
+    else:
+        try:
+            row, code = find_by_user_code(p, user_code, user)
+        except TooManyRequests as exc:
+            return too_many_page(exc, "Too many wrong codes. Try again later.")
     try:
         row = p.tickets.scan(row, user)
     except TicketError as exc:

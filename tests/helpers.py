@@ -57,6 +57,16 @@ def drop_pg_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+GENEROUS_LIMITS = {
+    "QR_OIDC_RATE_TICKET_IP": "100000/60",
+    "QR_OIDC_RATE_TICKET_CLIENT": "100000/60",
+    "QR_OIDC_RATE_USER_CODE_USER": "10000/600",
+    "QR_OIDC_RATE_USER_CODE_IP": "10000/600",
+    "QR_OIDC_RATE_LOGIN_ACCOUNT": "10000/900",
+    "QR_OIDC_RATE_LOGIN_IP": "10000/900",
+}
+
+
 class Provider:
     """One ``qr-oidc serve`` process on a free port with its own database: an SQLite file, or a
     fresh PostgreSQL database (``backend="postgresql"``, or ``database_url`` to share one)."""
@@ -81,6 +91,9 @@ class Provider:
             "QR_OIDC_HOST": "127.0.0.1",
             "QR_OIDC_PORT": str(self.port),
             "QR_OIDC_LOG_LEVEL": "info",
+            # generous limits: the suite creates many tickets from one address; the rate-limit
+            # tests start servers with tight ones
+            **GENEROUS_LIMITS,
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None

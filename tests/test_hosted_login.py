@@ -139,7 +139,7 @@ def test_number_matching_applies_to_the_hosted_page(provider):
     client = provider.create_client("--name", "Bank portal", "--number-matching",
                                     "--redirect-uri", REDIRECT)
     _rp, _browser, page, _flow = start(provider, client)
-    binding = re.search(r'id="qr-binding">(\d\d)<', page.text)
+    binding = re.search(r'data-binding-code="(\d\d)"', page.text)
     assert binding, "the page shows the number to pick"
 
 

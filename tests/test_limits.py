@@ -1,0 +1,135 @@
+"""Rate limits (SPEC.md; RFC 8628 §5.1): ticket creation per client and per IP, user-code entry per
+user and per IP, sign-in per account and per IP. Over the limit: 429, Retry-After and
+{"error": "too_many_requests"}; the limits hold across instances (database or Redis counters)."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import requests
+from conftest import phone_app
+from helpers import Provider, create_pg_database, csrf_of, drop_pg_database, sign_in_phone
+
+TIGHT = {
+    "QR_OIDC_RATE_TICKET_CLIENT": "3/600",
+    "QR_OIDC_RATE_TICKET_IP": "5/600",
+    "QR_OIDC_RATE_USER_CODE_USER": "10/600",
+    "QR_OIDC_RATE_USER_CODE_IP": "20/600",
+    "QR_OIDC_RATE_LOGIN_ACCOUNT": "3/900",
+    "QR_OIDC_RATE_LOGIN_IP": "12/900",
+}
+
+
+def assert_limited(response):
+    assert response.status_code == 429, response.text
+    assert response.json()["error"] == "too_many_requests"
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+@pytest.fixture()
+def tight(tmp_path):
+    server = Provider(tmp_path, TIGHT)
+    server.start()
+    server.phone_client = phone_app(server)
+    yield server
+    server.stop()
+
+
+def wrong_code() -> str:
+    return "BCDF-" + "".join(secrets.choice("GHJKLMNP") for _ in range(4))
+
+
+def test_ticket_creation_is_limited_per_client_and_per_ip(tight):
+    first, second = (tight.create_client("--name", n) for n in ("First", "Second"))
+    for _ in range(3):
+        assert tight.create_ticket(first).status_code == 201
+    assert_limited(tight.create_ticket(first))           # the client's 3 are used up
+    assert tight.create_ticket(second).status_code == 201  # another client may: 5th from this IP
+    assert_limited(tight.create_ticket(second))          # but the address's 5 are used up
+    device = requests.post(tight.url + "/device_authorization", data={"scope": "openid"},
+                           auth=(second["client_id"], second["client_secret"]), timeout=10)
+    assert_limited(device)
+
+
+def test_a_user_code_guesser_is_stopped_within_50_wrong_tries(tight):
+    tight.create_user("mallory", "mallory-password")
+    tight.create_user("trudy", "trudy-password")
+    mallory = sign_in_phone(tight, tight.phone_client, "mallory", "mallory-password")[
+        "access_token"]
+    trudy = sign_in_phone(tight, tight.phone_client, "trudy", "trudy-password")["access_token"]
+    web = tight.create_client("--name", "Target")
+    target = tight.ticket(web)
+
+    answers = [tight.phone("scan", mallory, user_code=wrong_code()).status_code
+               for _ in range(10)]
+    assert answers == [404] * 10
+    assert_limited(tight.phone("scan", mallory, user_code=wrong_code()))
+    # stopped: even the right code is refused for this user now
+    assert_limited(tight.phone("scan", mallory, user_code=target["user_code"]))
+    # a second account from the same address gets the rest of the address's 20, then stops too
+    answers = [tight.phone("scan", trudy, user_code=wrong_code()).status_code for _ in range(10)]
+    assert answers == [404] * 10
+    assert_limited(tight.phone("approve", trudy, user_code=wrong_code()))
+    # 20 wrong tries in all, and the ticket was never touched; scanning by the QR still works
+    assert tight.status(target["ticket"]).json()["status"] == "pending"
+    assert tight.phone("scan", trudy, scan_code=tight.scan_code(target)).status_code == 200
+
+
+def login(server, username, password) -> requests.Response:
+    browser = requests.Session()
+    page = browser.get(server.url + "/login", timeout=10)
+    return browser.post(server.url + "/login", data={
+        "username": username, "password": password, "csrf_token": csrf_of(page.text),
+        "next": "/"}, allow_redirects=False, timeout=10)
+
+
+def test_sign_in_is_limited_per_account(tight):
+    tight.create_user("victor", "victor-password")
+    tight.create_user("wendy", "wendy-password")
+    assert [login(tight, "victor", "wrong").status_code for _ in range(3)] == [401] * 3
+    limited = login(tight, "victor", "victor-password")  # right password, too late
+    assert_limited(limited)
+    assert login(tight, "wendy", "wendy-password").status_code == 302
+    # the account counter does not care how the name is typed
+    assert_limited(login(tight, "VICTOR", "victor-password"))
+
+
+def test_a_browser_gets_the_refusal_as_a_page(tight):
+    tight.create_user("xena", "xena-password")
+    for _ in range(3):
+        login(tight, "xena", "wrong")
+    browser = requests.Session()
+    page = browser.get(tight.url + "/login", timeout=10)
+    response = browser.post(tight.url + "/login", data={
+        "username": "xena", "password": "xena-password", "csrf_token": csrf_of(page.text),
+        "next": "/"}, headers={"Accept": "text/html"}, allow_redirects=False, timeout=10)
+    assert response.status_code == 429 and int(response.headers["Retry-After"]) >= 1
+    assert response.headers["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("store", ["postgresql", "redis"])
+def test_the_limits_hold_across_two_instances(tmp_path_factory, store):
+    env = {**TIGHT, "QR_OIDC_RATE_TICKET_CLIENT": "100/600", "QR_OIDC_RATE_TICKET_IP": "4/600"}
+    if store == "redis":
+        env["QR_OIDC_REDIS_URL"] = "redis://127.0.0.1:6379/0"
+    url = create_pg_database()
+    a = Provider(tmp_path_factory.mktemp("la"), env, database_url=url)
+    b = Provider(tmp_path_factory.mktemp("lb"), env, database_url=url)
+    a.env["QR_OIDC_ISSUER"] = b.env["QR_OIDC_ISSUER"] = a.url
+    try:
+        a.start()
+        b.start()
+        web = a.create_client("--name", "Shared")
+        codes = [server.create_ticket(web).status_code for server in (a, b, a, b)]
+        assert codes == [201] * 4
+        assert_limited(a.create_ticket(web))
+        assert_limited(b.create_ticket(web))
+        if store == "postgresql":
+            assert a.db("SELECT COUNT(*) FROM rate_counters")[0][0] >= 1
+        else:  # the counters live in Redis, not in the database
+            assert a.db("SELECT COUNT(*) FROM rate_counters")[0][0] == 0
+    finally:
+        a.stop()
+        b.stop()
+        drop_pg_database(url)
