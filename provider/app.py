@@ -89,7 +89,7 @@ def create_app(overrides: dict | None = None) -> Flask:
 
         app.register_blueprint(demo.bp)
     _install_error_handlers(app)
-    _install_access_log(app)
+    _install_access_log(app, secure)
     return app
 
 
@@ -140,7 +140,7 @@ def _install_error_handlers(app: Flask) -> None:
         return response
 
 
-def _install_access_log(app: Flask) -> None:
+def _install_access_log(app: Flask, secure: bool) -> None:
     """One line per request naming the route *pattern*, never the path: paths carry scan codes."""
 
     @app.before_request
@@ -153,6 +153,14 @@ def _install_access_log(app: Flask) -> None:
         elapsed = (time.perf_counter() - started) * 1000 if started else 0.0
         rule = request.url_rule.rule if request.url_rule else "<unmatched>"
         access_log.info("%s %s %s %.1fms", request.method, rule, response.status_code, elapsed)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        headers = response.headers
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        headers.setdefault("X-Frame-Options", "DENY")
+        if response.mimetype != "text/html":  # pages get theirs from provider/pages.py
+            # JSON and images: nothing may run, nothing may frame them
+            headers.setdefault("Content-Security-Policy",
+                               "default-src 'none'; frame-ancestors 'none'")
+        if secure:
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         return response

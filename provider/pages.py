@@ -75,14 +75,29 @@ def _template_helpers():
 @bp.after_app_request
 def _page_headers(response):
     if response.mimetype == "text/html":
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data: https:; style-src 'self' 'unsafe-inline'; "
-            "frame-ancestors 'none'; form-action 'self' *; base-uri 'none'",
-        )
-        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Content-Security-Policy", page_csp())
         response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def page_csp(form_targets: tuple[str, ...] = ()) -> str:
+    """The pages' policy: only this site's scripts, no framing (the approval screens cannot be
+    clickjacked), forms post here, or (login and consent) on to the client's redirect origin,
+    which browsers check on the redirects that follow a form post."""
+    targets = " ".join(("'self'",) + form_targets)
+    return ("default-src 'self'; script-src 'self'; img-src 'self' data: https:; "
+            "style-src 'self' 'unsafe-inline'; object-src 'none'; frame-ancestors 'none'; "
+            f"form-action {targets}; base-uri 'none'")
+
+
+def _redirect_origin(grant) -> tuple[str, ...]:
+    uri = grant.request.payload.redirect_uri or grant.client.get_default_redirect_uri() or ""
+    parts_ = urlsplit(uri)
+    if not parts_.scheme or not parts_.netloc:
+        return ()
+    if parts_.scheme in ("http", "https"):
+        return (f"{parts_.scheme}://{parts_.netloc}",)
+    return (f"{parts_.scheme}:",)  # a native app's private-use scheme
 
 
 def too_many_page(exc: TooManyRequests, message: str):
@@ -180,12 +195,18 @@ def authorize():
             parts().limiter.hit("ticket_ip", request.remote_addr)
             parts().limiter.hit("ticket_client", client.client_id)
         except TooManyRequests:  # no QR this time; the password form still works
-            return render_template("login.html", next=request.full_path, error=None, qr=None,
-                                   client=client, return_to=request.full_path)
-        return _login_page(grant)
+            page = make_response(render_template(
+                "login.html", next=request.full_path, error=None, qr=None, client=client,
+                return_to=request.full_path))
+        else:
+            page = make_response(_login_page(grant))
+        page.headers["Content-Security-Policy"] = page_csp(_redirect_origin(grant))
+        return page
     if request.method == "GET" and not client.first_party:
-        return render_template("consent.html", client=client, user=user,
-                               scopes=(grant.request.scope or "").split())
+        page = make_response(render_template("consent.html", client=client, user=user,
+                                             scopes=(grant.request.scope or "").split()))
+        page.headers["Content-Security-Policy"] = page_csp(_redirect_origin(grant))
+        return page
     if request.method == "POST":
         check_csrf()
         if request.form.get("decision") != "approve":
