@@ -123,6 +123,7 @@ def discovery():
             "name", "preferred_username", "picture", "email", "email_verified",
         ],
         "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
         "claims_parameter_supported": False,
     }
     response = jsonify(body)
@@ -370,6 +371,8 @@ def device_authorization():
         "verification_uri_complete": qr_content(new.scan_code),
         "expires_in": int(row.expires_at - row.created_at),
         "interval": row.poll_interval,
+        # number matching: the device shows this beside the user code
+        **({"binding_code": row.binding_code} if row.binding_code is not None else {}),
     })
 
 

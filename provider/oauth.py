@@ -52,6 +52,16 @@ class BodyRequest(FlaskOAuth2Request):
         return self.payload.data
 
 
+# for errors Authlib raises without a text of their own
+DESCRIPTIONS = {
+    "invalid_grant": "The grant is invalid, expired, revoked, or was issued to another client.",
+    "invalid_client": "Client authentication failed.",
+    "invalid_scope": "The requested scope is invalid or not allowed for this client.",
+    "unauthorized_client": "The client may not use this grant type.",
+    "invalid_request": "The request is missing a parameter or is malformed.",
+}
+
+
 class InvalidTargetError(OAuth2Error):
     """RFC 8707 §2: the requested resource is not a usable URI."""
 
@@ -98,7 +108,8 @@ class Server(AuthorizationServer):
         if error.error == "invalid_client":
             error.status_code = 401
         if not error.description:  # some Authlib errors keep their text only in a getter
-            error.description = error.get_error_description()
+            error.description = error.get_error_description() or DESCRIPTIONS.get(
+                error.error, error.error.replace("_", " ").capitalize() + ".")
         return super().handle_error_response(request, error)
 
     # -- storage -----------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import time
 from urllib.parse import urlsplit
 
 from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import InvalidRequestError
+from authlib.oidc.core.errors import RequestNotSupportedError, RequestURINotSupportedError
 from flask import (
     Blueprint,
     abort,
@@ -185,6 +187,9 @@ def authorize():
         return render_template("error.html", error=exc.error,
                                description=exc.get_error_description()), exc.status_code
     client: Client = grant.client
+    unsupported = _unsupported_parameter(grant)
+    if unsupported is not None:
+        return server.handle_error_response(None, unsupported)
     qr_outcome = session.pop("qr_outcome", None)
     if qr_outcome and qr_outcome.get("client_id") == client.client_id:
         # the phone's confirmation screen (client, scopes) was the consent, or the refusal
@@ -212,6 +217,22 @@ def authorize():
         if request.form.get("decision") != "approve":
             return server.create_authorization_response(grant_user=None, grant=grant)
     return server.create_authorization_response(grant_user=user, grant=grant)
+
+
+def _unsupported_parameter(grant):
+    """What discovery says is not supported is refused, not silently ignored (OIDC Core §6)."""
+    args = request.args
+    error = None
+    if "request" in args:
+        error = RequestNotSupportedError("Request objects are not supported.")
+    elif "request_uri" in args:
+        error = RequestURINotSupportedError("request_uri is not supported.")
+    elif args.get("response_mode", "query") != "query":
+        error = InvalidRequestError("Only response_mode=query is supported.")
+    if error is not None:
+        error.redirect_uri = grant.redirect_uri
+        error.state = args.get("state")
+    return error
 
 
 def _login_page(grant):

@@ -155,3 +155,23 @@ def test_pkce_s256_is_what_the_page_flow_checks(provider, rp_client, alice_phone
         auth=(rp_client["client_id"], rp_client["client_secret"]), timeout=10)
     assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
     assert create_s256_code_challenge(flow["verifier"]) in page.url
+
+
+@pytest.mark.parametrize("extra, error", [
+    ({"request": "eyJhbGciOiJub25lIn0.e30."}, "request_not_supported"),
+    ({"request_uri": "https://rp.example/request.jwt"}, "request_uri_not_supported"),
+    ({"response_mode": "form_post"}, "invalid_request"),
+    ({"response_mode": "fragment"}, "invalid_request"),
+])
+def test_what_discovery_says_is_unsupported_is_refused_not_ignored(provider, rp_client, extra,
+                                                                    error):
+    assert provider.meta["request_parameter_supported"] is False
+    assert provider.meta["request_uri_parameter_supported"] is False
+    assert provider.meta["response_modes_supported"] == ["query"]
+    response = requests.get(provider.meta["authorization_endpoint"], params={
+        "response_type": "code", "client_id": rp_client["client_id"], "redirect_uri": REDIRECT,
+        "scope": "openid", "state": "st", **extra}, allow_redirects=False, timeout=10)
+    assert response.status_code == 302
+    query = parse_qs(urlsplit(response.headers["Location"]).query)
+    assert response.headers["Location"].startswith(REDIRECT)
+    assert query["error"] == [error] and query["state"] == ["st"] and "code" not in query
