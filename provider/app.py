@@ -42,7 +42,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     from grants import register as register_grants
     from grants.tickets import Tickets
 
-    from . import http, pages
+    from . import cors, http, pages
     from .oauth import Server
 
     settings = config.load(overrides)
@@ -83,6 +83,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     register_grants(parts.server, parts)
 
     app.register_blueprint(http.bp)
+    cors.init_app(app)
     app.register_blueprint(pages.bp)
     if settings.get("DEMO"):
         from . import demo

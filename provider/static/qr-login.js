@@ -45,8 +45,8 @@
     busy: "Too many attempts. Trying again in {seconds} s…",
     alt: "QR code to log in: scan it with the app, or enter the code {code} in the app.",
     code: "No camera? Enter the code {code} in the app.",
-    binding: "When the app asks, pick {number}.",
-    bindingScanned: "On the phone, pick {number}.",
+    binding: "When the app asks, pick {number}",
+    bindingScanned: "On the phone, pick {number}",
     renew: "Show a new QR code",
     validFor: "Valid for {time}",
   };
@@ -423,7 +423,7 @@
           client_id: o.clientId, scope: o.scope, nonce: nonce,
           code_challenge: await s256(verifier), code_challenge_method: "S256",
         };
-        var created = await this.call(meta.qr_ticket_endpoint, params, signal, 6);
+        var created = await this.call(meta.qr_ticket_endpoint, params, signal, 4);
         if (signal.aborted) return;
         if (created.status !== 201) {
           throw new QrLoginError(created.body.error || "ticket_failed", created.body.error_description,

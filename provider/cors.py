@@ -1,0 +1,78 @@
+"""CORS for the endpoints a browser relying party calls directly (the qr-login.js widget).
+
+None of them use cookies, so no credentials are ever allowed. Who may read the answers:
+- ``/qr/status``: any origin. It reveals nothing without the ticket, which only its creator has.
+- ``/qr/ticket``, ``/token``, ``/device_authorization``, ``/revoke``: only the origins of the
+  calling client's registered redirect URIs (Keycloak calls them "web origins"). A page elsewhere
+  cannot start a login in a public client's name and read the tokens: a phishing site embedding
+  the widget with a bank's client_id gets nothing.
+A preflight (for JSON bodies; Flask answers OPTIONS itself) is answered for any origin; the real
+answer then decides.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from urllib.parse import unquote, urlsplit
+
+from flask import Response, current_app, request
+
+from .body import body_params
+from .models import Client
+
+CLIENT_ORIGIN_ENDPOINTS = {"api.create_ticket", "api.token", "api.device_authorization",
+                           "api.revoke"}
+ANY_ORIGIN_ENDPOINTS = {"api.ticket_status"}
+
+
+def origin_of(uri: str) -> str | None:
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return f"{parts.scheme}://{parts.netloc}".lower()
+    return None
+
+
+def _calling_client_id() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
+        return unquote(decoded.partition(":")[0]) or None
+    try:
+        return body_params(request).get("client_id")
+    except Exception:  # an unreadable body: no origin is allowed
+        return None
+
+
+def _allowed(origin: str) -> bool:
+    client_id = _calling_client_id()
+    if not client_id or len(client_id) > 64:
+        return False
+    client = current_app.extensions["qr_oidc"].db.session.get(Client, client_id)
+    if client is None:
+        return False
+    return origin.lower() in {origin_of(uri) for uri in client.redirect_uris}
+
+
+def init_app(app) -> None:
+    @app.after_request
+    def _cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        endpoint = request.endpoint
+        if not origin or endpoint not in CLIENT_ORIGIN_ENDPOINTS | ANY_ORIGIN_ENDPOINTS:
+            return response
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Methods"] = "POST"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+            response.headers["Access-Control-Max-Age"] = "600"
+        elif endpoint in ANY_ORIGIN_ENDPOINTS:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        elif _allowed(origin):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+        response.headers.add("Vary", "Origin")
+        return response
