@@ -330,15 +330,23 @@ def qr_content(scan_code: str) -> str:
     return url(f"/s/{scan_code}")
 
 
-@bp.post("/qr/ticket")
-def create_ticket():
+def _new_ticket(kind: str, grant_type: str):
+    """(the new ticket, None), or (None, the error response)."""
     try:
-        client, new = _create_ticket("qr", QR_GRANT_TYPE)
+        _client, new = _create_ticket(kind, grant_type)
     except OAuth2Error as exc:
         parts().db.session.rollback()
-        return oauth_error(exc)
+        return None, oauth_error(exc)
     except TooManyRequests as exc:
-        return too_many(exc)
+        return None, too_many(exc)
+    return new, None
+
+
+@bp.post("/qr/ticket")
+def create_ticket():
+    new, refusal = _new_ticket("qr", QR_GRANT_TYPE)
+    if refusal is not None:
+        return refusal
     row = new.row
     body = {
         "ticket": new.ticket,
@@ -356,13 +364,9 @@ def create_ticket():
 @bp.post("/device_authorization")
 def device_authorization():
     """RFC 8628 §3.1-3.2 over the same tickets: the device code is the ticket."""
-    try:
-        _client, new = _create_ticket("device", DEVICE_GRANT_TYPE)
-    except OAuth2Error as exc:
-        parts().db.session.rollback()
-        return oauth_error(exc)
-    except TooManyRequests as exc:
-        return too_many(exc)
+    new, refusal = _new_ticket("device", DEVICE_GRANT_TYPE)
+    if refusal is not None:
+        return refusal
     row = new.row
     return json_response({
         "device_code": new.ticket,
