@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from urllib.parse import parse_qsl
 
 from authlib.oauth2.rfc6749 import InvalidRequestError
@@ -57,7 +58,7 @@ def _json(raw: bytes) -> MultiDict:
     pairs = []
     for key, value in parsed:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise InvalidRequestError(f"'{key}' must be a string.")
+            raise InvalidRequestError(f"'{_shown(key)}' must be a string.")
         pairs.append((key, value if isinstance(value, str) else str(value)))
     return _unique(pairs)
 
@@ -73,13 +74,24 @@ def _unique(pairs) -> MultiDict:
     seen = set()
     for key, value in pairs:
         if key in seen:
-            raise InvalidRequestError(f"'{key}' appears more than once.")
+            raise InvalidRequestError(f"'{_shown(key)}' appears more than once.")
         seen.add(key)
         try:
             key.encode("utf-8"), value.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate from a JSON escape
-            raise InvalidRequestError(f"'{key}' is not valid text.") from None
+            raise InvalidRequestError(f"'{_shown(key)}' is not valid text.") from None
+        if "\x00" in key or "\x00" in value:  # no protocol value holds NUL; PostgreSQL text can't
+            raise InvalidRequestError(f"'{_shown(key)}' contains a NUL character.")
     return MultiDict(pairs)
+
+
+_UNSHOWABLE = re.compile(r'[^\x20\x21\x23-\x5B\x5D-\x7E]')
+
+
+def _shown(name: str) -> str:
+    """A parameter name made safe to quote in ``error_description``, which RFC 6749 §5.2 limits
+    to printable ASCII without ``"`` and ``\\`` (Authlib refuses anything else with a 500)."""
+    return _UNSHOWABLE.sub("?", name)[:40]
 
 
 class BodyLimit:

@@ -49,7 +49,7 @@ def _calling_client_id() -> str | None:
 
 def _allowed(origin: str) -> bool:
     client_id = _calling_client_id()
-    if not client_id or len(client_id) > 64:
+    if not client_id or len(client_id) > 64 or "\x00" in client_id:
         return False
     client = current_app.extensions["qr_oidc"].db.session.get(Client, client_id)
     if client is None:

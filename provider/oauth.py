@@ -114,8 +114,8 @@ class Server(AuthorizationServer):
 
     # -- storage -----------------------------------------------------------------------------
     def _query_client_impl(self, client_id):
-        if not isinstance(client_id, str) or len(client_id) > 64:
-            return None
+        if not isinstance(client_id, str) or len(client_id) > 64 or "\x00" in client_id:
+            return None  # (PostgreSQL cannot even compare a text with NUL in it)
         return self.parts.db.session.get(Client, client_id)
 
     def _generate_token(self, grant_type, client, user=None, scope=None, expires_in=None,

@@ -146,7 +146,9 @@ def login():
     except TooManyRequests as exc:
         audit("signin.refused", username=account, reason="rate_limited")
         return too_many_page(exc, "Too many sign-in attempts. Try again later.")
-    user = parts().db.session.scalar(select(User).where(User.username == username[:150]))
+    user = None
+    if "\x00" not in username:  # (no account has one, and PostgreSQL cannot compare text with it)
+        user = parts().db.session.scalar(select(User).where(User.username == username[:150]))
     global _DUMMY_HASH
     if _DUMMY_HASH is None:
         _DUMMY_HASH = hash_password(new_secret())
