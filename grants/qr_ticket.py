@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from authlib.oauth2.rfc6749 import (
     AccessDeniedError,
+    OAuth2Error,
     InvalidGrantError,
     InvalidRequestError,
     UnauthorizedClientError,
 )
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
-from authlib.oauth2.rfc6749.hooks import hooked
+from sqlalchemy.exc import SQLAlchemyError
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from authlib.oauth2.rfc8628 import AuthorizationPendingError, ExpiredTokenError, SlowDownError
 
@@ -79,8 +80,12 @@ class QRTicketGrant(BaseGrant, TokenEndpointMixin):
         self.request.user = self.tickets.db.session.get(User, ticket.user_id)
         self.request.credential = ticket
 
-    @hooked
     def create_token_response(self):
+        """Sign first, then write: the access token and (through the OpenID extension's
+        ``after_create_token_response`` hook) the ID token are made before the transaction that
+        uses the ticket up, so that transaction is only the redeem UPDATE, the token row and the
+        commit. On SQLite, which has one writer, it also queues for a process-wide lock rather
+        than in SQLite's busy handler (docs/performance.md)."""
         ticket = self.request.credential
         client = self.request.client
         token = self.generate_token(
@@ -88,11 +93,27 @@ class QRTicketGrant(BaseGrant, TokenEndpointMixin):
             scope=ticket.scope,
             include_refresh_token=client.check_grant_type("refresh_token"),
         )
-        # approved -> redeemed and the token row, in the one transaction the endpoint commits
-        if not self.tickets.redeem(ticket, now()):
-            raise InvalidGrantError(_INVALID)
-        self.save_token(token)
-        return 200, token, self.TOKEN_RESPONSE_HEADER
+        response = (200, token, self.TOKEN_RESPONSE_HEADER)
+        self.execute_hook("after_create_token_response", response)
+        db = self.tickets.db
+        with db.write_lock():
+            # approved -> redeemed and the token row, in one transaction
+            if not self.tickets.redeem(ticket, now()):
+                db.session.rollback()
+                raise InvalidGrantError(_INVALID)
+            self.save_token(token)
+            try:
+                db.session.commit()
+            except SQLAlchemyError:
+                db.session.rollback()
+                raise TokensNotSaved() from None
+        return response
+
+
+class TokensNotSaved(OAuth2Error):
+    error = "server_error"
+    status_code = 500
+    description = "The tokens could not be saved; try again."
 
 
 class DeviceCodeGrant(QRTicketGrant):

@@ -17,6 +17,9 @@ derived from the scan code so the scan response can show it).
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -53,6 +56,23 @@ class NewTicket:
     ticket: str
     scan_code: str
     user_code: str
+
+
+@functools.lru_cache(maxsize=None)
+def _statement(name: str, paramstyle: str) -> str:
+    sql = Tickets._SQL[name]
+    if paramstyle == "pyformat":  # psycopg; sqlite3 takes the :named form as it is
+        sql = re.sub(r":(\w+)", r"%(\1)s", sql)
+    return sql
+
+
+@dataclass
+class _Spent:
+    rowcount: int
+    rows: list
+
+    def fetchone(self):
+        return self.rows[0] if self.rows else None
 
 
 class Tickets:
@@ -177,6 +197,55 @@ class Tickets:
             )
         session.commit()
         return bool(on_time)
+
+    # -- the fast poll path (provider/fastpoll.py): single statements, no ORM, no transaction --
+    def poll_on_time(self, ticket_hash: str, client_id: str, at: float) -> bool:
+        """``note_poll``'s on-time case in one autocommitted statement: True when the ticket is
+        ``client_id``'s, waiting (pending or scanned), unexpired and polled no earlier than its
+        interval allows, and the poll is now recorded. False changes nothing: the caller takes
+        the full path, whose rules decide what else to answer."""
+        engine = self.db.autocommit_engine
+        if engine is None:
+            return False
+        return self._raw(engine, "poll", {"h": ticket_hash, "c": client_id, "at": at}).rowcount == 1
+
+    def client_for_poll(self, client_id: str):
+        """(secret_hash, public, grant_types) of a client, or None: what the fast path's client
+        authentication needs."""
+        engine = self.db.autocommit_engine
+        if engine is None:
+            return None
+        row = self._raw(engine, "client", {"c": client_id}).fetchone()
+        if row is None:
+            return None
+        secret_hash, public, grant_types = row
+        if isinstance(grant_types, str):
+            grant_types = json.loads(grant_types)
+        return secret_hash, bool(public), frozenset(grant_types or ())
+
+    _SQL = {
+        "poll": "UPDATE tickets SET last_poll_at = :at"
+                " WHERE ticket_hash = :h AND client_id = :c AND kind <> 'authorize'"
+                " AND status IN ('pending', 'scanned') AND expires_at > :at"
+                " AND (last_poll_at IS NULL OR last_poll_at + poll_interval * 0.8 <= :at)",
+        "client": "SELECT secret_hash, public, grant_types FROM clients WHERE client_id = :c",
+    }
+
+    def _raw(self, engine, name: str, params: dict):
+        """Run one of ``_SQL`` on a pooled DBAPI connection; returns the spent cursor's results."""
+        sql = _statement(name, engine.dialect.paramstyle)
+        connection = engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(sql, params)
+            result = _Spent(cursor.rowcount, cursor.fetchall() if cursor.description else [])
+            cursor.close()
+        except Exception:
+            connection.invalidate()
+            raise
+        finally:
+            connection.close()
+        return result
 
     def redeem(self, row: Ticket, at: float) -> bool:
         """approved -> redeemed, once. Not committed here: the caller commits it with the tokens."""

@@ -17,6 +17,7 @@ from keys import KeyStore
 from . import config
 from .body import MAX_BODY, BodyLimit
 from .db import Database
+from .fastpoll import FastPoll
 from .models import Setting
 from .notify import LocalNotifier
 from .ratelimit import RateLimiter
@@ -48,10 +49,6 @@ def create_app(overrides: dict | None = None) -> Flask:
     settings = config.load(overrides)
     app = Flask("provider")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    app.wsgi_app = BodyLimit(app.wsgi_app)
-    if int(settings["TRUSTED_PROXIES"]):
-        hops = int(settings["TRUSTED_PROXIES"])
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     app.json.sort_keys = False
 
     database = Database(settings["DATABASE_URL"], int(settings["DB_POOL_SIZE"]),
@@ -91,6 +88,13 @@ def create_app(overrides: dict | None = None) -> Flask:
         app.register_blueprint(demo.bp)
     _install_error_handlers(app)
     _install_access_log(app, secure)
+    # WSGI middleware, innermost first: the fast poll path, the body limit, the proxy headers
+    if settings["FAST_POLL"]:
+        app.wsgi_app = FastPoll(app.wsgi_app, parts.tickets, secure)
+    app.wsgi_app = BodyLimit(app.wsgi_app)
+    if int(settings["TRUSTED_PROXIES"]):
+        hops = int(settings["TRUSTED_PROXIES"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     return app
 
 

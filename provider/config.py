@@ -28,6 +28,8 @@ DEFAULTS: dict[str, object] = {
     "MAX_POLL_INTERVAL": 60,  # slow_down never grows the interval past this
     "LONG_POLL_MAX": 25,  # longest wait the status endpoint holds a request
     "LONG_POLL_RECHECK": 1,  # a waiting long poll re-reads the database at least this often
+    # answer on-time polls of waiting tickets in one statement, before Flask (provider/fastpoll.py)
+    "FAST_POLL": True,
     "EXPIRED_RETENTION": 900,  # expired tickets answer "expired" this long before purge
     # Tokens
     "ACCESS_TOKEN_TTL": 3600,

@@ -7,6 +7,9 @@ Whatever is left uncommitted when the request ends is rolled back.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, scoped_session, sessionmaker
@@ -40,6 +43,23 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine
     return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
 
 
+def make_autocommit_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
+    """An engine for single statements that are their own transaction (provider/fastpoll.py).
+
+    One round trip per statement on PostgreSQL (no ``BEGIN``/``COMMIT``, no pre-ping: a dead
+    connection fails the statement and the caller takes the ordinary path); on SQLite the write
+    lock is held only inside the statement, never while a thread waits for the GIL.
+    """
+    options = dict(pool_size=pool_size, max_overflow=max_overflow, isolation_level="AUTOCOMMIT",
+                   pool_reset_on_return=None)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15},
+                               **options)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, **options)
+
+
 class Database:
     """Engine plus a thread-scoped session registry; ``init_app`` ends the session per request."""
 
@@ -48,6 +68,27 @@ class Database:
         self.engine = make_engine(url, pool_size, max_overflow)
         self.session_factory = sessionmaker(bind=self.engine, expire_on_commit=False)
         self.session = scoped_session(self.session_factory)
+        self._pool = (pool_size, max_overflow)
+        self._autocommit: Engine | None = None
+        self._autocommit_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+
+    @property
+    def autocommit_engine(self) -> Engine | None:
+        """The engine of ``make_autocommit_engine``, made on first use; None for an in-memory
+        SQLite database (a second engine would see another, empty database)."""
+        in_memory = self.is_sqlite and self.engine.url.database in (None, "", ":memory:")
+        if self._autocommit is None and not in_memory:
+            with self._autocommit_lock:
+                if self._autocommit is None:
+                    self._autocommit = make_autocommit_engine(self.url, *self._pool)
+        return self._autocommit
+
+    def write_lock(self):
+        """Hold around a short write transaction. SQLite has one writer: threads of a process
+        queue here instead of sleeping in SQLite's busy handler (1, 2, 5 ... 100 ms steps), which
+        is what makes its tail latency. Other databases lock rows, not the file: no lock."""
+        return self._write_lock if self.is_sqlite else contextlib.nullcontext()
 
     @property
     def is_sqlite(self) -> bool:

@@ -11,6 +11,8 @@ import threading
 from keys.keyset import ALGORITHMS
 from keys.rotation import NotReady, due, remove_expired, rotate
 
+from .notify import purge_events
+
 log = logging.getLogger("qr_oidc.maintenance")
 
 
@@ -20,6 +22,7 @@ def run_once(parts) -> None:
     if purged:
         log.info("purged %d expired tickets", purged)
     parts.limiter.purge()
+    purge_events(parts.db)
     period = int(settings["KEY_ROTATION_PERIOD"])
     if period:
         for alg in ALGORITHMS:

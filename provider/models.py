@@ -169,6 +169,20 @@ class Ticket(Base):
         return ["qr"]
 
 
+class TicketEvent(Base):
+    """A ticket changed state: SQLite's stand-in for PostgreSQL's NOTIFY (provider/notify.py).
+
+    Written in the transition's own transaction; every serving process reads the rows after the
+    last one it saw, a few times a second, and wakes its long polls. Kept a minute.
+    """
+
+    __tablename__ = "ticket_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ticket_id: Mapped[str] = mapped_column(String(32))
+    at: Mapped[float] = mapped_column(Float, index=True)
+
+
 class AuthorizationCode(Base):
     __tablename__ = "authorization_codes"
 

@@ -3,9 +3,11 @@
 A change made in this process wakes its waiters at once. On PostgreSQL every transition also sends
 ``NOTIFY qr_oidc_tickets, '<ticket id>'`` in its transaction, and each process keeps one connection
 that LISTENs and wakes its own waiters, so a long poll on instance A answers as soon as the phone's
-approval commits on instance B, with no extra infrastructure. Waiters also re-read the database at
-least every ``recheck`` seconds: on SQLite with several workers, and as a safety net should the
-listening connection drop, a change is seen within that bound.
+approval commits on instance B, with no extra infrastructure. SQLite has no NOTIFY: there every
+transition writes a ``ticket_events`` row in its transaction, and each serving process reads the
+rows after the last it saw every ``SqliteWatcher.interval`` (50 ms; one indexed ``SELECT``, however
+many long polls wait), so the workers of ``--workers N`` wake each other too. Waiters also re-read
+the database at least every ``recheck`` seconds, as a safety net.
 """
 
 from __future__ import annotations
@@ -14,16 +16,33 @@ import logging
 import threading
 import time
 
-from sqlalchemy import text
+from sqlalchemy import delete, func, insert, select, text
+
+from .models import TicketEvent
 
 CHANNEL = "qr_oidc_tickets"
 log = logging.getLogger("qr_oidc.notify")
 
 
 def notify_in_transaction(session, ticket_id: str) -> None:
-    """Queue a cross-instance wake-up; PostgreSQL delivers it when the transaction commits."""
-    if session.get_bind().dialect.name == "postgresql":
+    """Queue a cross-process wake-up, delivered when the transaction commits."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         session.execute(text("SELECT pg_notify(:channel, :id)"), {"channel": CHANNEL, "id": ticket_id})
+    elif dialect == "sqlite":
+        session.execute(insert(TicketEvent).values(ticket_id=ticket_id, at=time.time()))
+
+
+EVENT_RETENTION = 60.0  # seconds a ticket_events row is kept (a watcher reads it within 50 ms)
+
+
+def purge_events(db) -> int:
+    """Delete old ``ticket_events`` rows (the maintenance thread); 0 on other databases."""
+    if not db.is_sqlite:
+        return 0
+    with db.engine.begin() as connection:
+        return connection.execute(
+            delete(TicketEvent).where(TicketEvent.at < time.time() - EVENT_RETENTION)).rowcount
 
 
 class LocalNotifier:
@@ -90,3 +109,44 @@ class PgListener:
                 log.warning("LISTEN connection lost (%s); reconnecting", type(exc).__name__)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+
+class SqliteWatcher:
+    """Feeds a LocalNotifier from ``ticket_events``: SQLite's LISTEN, for the other processes
+    (gunicorn workers, other instances on the same file) on the same database."""
+
+    interval = 0.05
+
+    def __init__(self, engine, notifier: LocalNotifier):
+        self.engine, self.notifier = engine, notifier
+        self._stop = threading.Event()
+        self.last: int | None = None
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="qr-oidc-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def poll_once(self) -> int:
+        """Publish the events after the last one seen; returns how many."""
+        with self.engine.connect() as connection:
+            if self.last is None:  # start from now: earlier changes are in the rows already
+                self.last = connection.scalar(select(func.max(TicketEvent.seq))) or 0
+                return 0
+            rows = connection.execute(
+                select(TicketEvent.seq, TicketEvent.ticket_id)
+                .where(TicketEvent.seq > self.last).order_by(TicketEvent.seq)).all()
+        for seq, ticket_id in rows:
+            self.notifier.publish(ticket_id)
+            self.last = seq
+        return len(rows)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll_once()
+            except Exception as exc:  # a locked or busy database: the next round reads again
+                log.warning("ticket event read failed (%s)", type(exc).__name__)

@@ -31,13 +31,17 @@ class _Gunicorn(BaseApplication):
 
 def _post_fork(_server, _worker):
     from .maintenance import start
-    from .notify import PgListener
+    from .notify import PgListener, SqliteWatcher
 
     parts = _APP[0].extensions["qr_oidc"]
     # connections opened in the master must not be shared by the forked workers
     parts.db.engine.dispose(close=False)
+    if parts.db._autocommit is not None:
+        parts.db._autocommit.dispose(close=False)
     if parts.db.engine.dialect.name == "postgresql":
         PgListener(parts.db.engine.url, parts.notifier).start()
+    elif parts.db.is_sqlite:
+        SqliteWatcher(parts.db.engine, parts.notifier).start()
     start(parts)
 
 

@@ -164,7 +164,8 @@ class Provider:
     def db(self, sql: str, *params) -> list[tuple]:
         """Run SQL (``?`` placeholders) on the server's database; returns the rows."""
         if self.database_url.startswith("sqlite"):
-            with sqlite3.connect(self.db_path, timeout=15) as conn:
+            path = self.database_url.split("sqlite:///", 1)[1]  # maybe shared with another
+            with sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=15) as conn:
                 return conn.execute(sql, params).fetchall()
         import psycopg
 

@@ -268,3 +268,64 @@ def test_many_rapid_polls_never_grow_the_interval_past_60(provider, web_client):
         assert_poll_error(provider.poll(web_client, ticket["ticket"]), 400, "slow_down")
         seen.append(poll_interval(provider, ticket))
     assert seen == [min(2 + 5 * n, 60) for n in range(1, 15)]
+
+
+# -- the fast path (provider/fastpoll.py) answers on-time pending polls before Flask ---------------
+def _last_poll_at(provider, ticket: dict):
+    digest = hashlib.sha256(ticket["ticket"].encode()).hexdigest()
+    return provider.db("SELECT last_poll_at FROM tickets WHERE ticket_hash = ?", digest)[0][0]
+
+
+@pytest.mark.parametrize("shape", ["client_secret_basic", "client_secret_post", "none"])
+def test_a_pending_poll_gets_the_same_answer_on_the_fast_and_the_full_path(
+        provider, web_client, public_client, shape):
+    """A form poll takes the fast path; the same poll as JSON always takes Flask's. Same bytes,
+    same status, same headers, and both record the poll on the ticket."""
+    client = public_client if shape == "none" else web_client
+    answers = []
+    for as_json in (False, True):
+        ticket = provider.ticket(client, **({"client_id": client["client_id"],
+                                             "code_challenge": pkce()[1],
+                                             "code_challenge_method": "S256"}
+                                            if shape == "none" else {}))
+        data = {"grant_type": QR_GRANT, "ticket": ticket["ticket"]}
+        auth = None
+        if shape == "client_secret_basic":
+            auth = (client["client_id"], client["client_secret"])
+        elif shape == "client_secret_post":
+            data.update(client_id=client["client_id"], client_secret=client["client_secret"])
+        else:
+            data["client_id"] = client["client_id"]
+        assert _last_poll_at(provider, ticket) is None
+        before = time.time()
+        if as_json:
+            response = requests.post(provider.url + "/token", json=data, auth=auth, timeout=30)
+        else:
+            response = requests.post(provider.url + "/token", data=data, auth=auth, timeout=30)
+        assert_poll_error(response, 400, "authorization_pending")
+        assert _last_poll_at(provider, ticket) >= before - 1
+        headers = {k.lower(): v for k, v in response.headers.items() if k.lower() != "date"}
+        answers.append((response.status_code, response.content, headers))
+    assert answers[0] == answers[1]
+
+
+def test_the_fast_path_keeps_the_interval_rule(provider, public_client):
+    """An on-time poll is recorded by the fast path; one too early falls through to slow_down."""
+    ticket = provider.ticket(public_client, client_id=public_client["client_id"],
+                             code_challenge=pkce()[1], code_challenge_method="S256")
+    data = {"grant_type": QR_GRANT, "ticket": ticket["ticket"],
+            "client_id": public_client["client_id"]}
+    assert_poll_error(post_token(provider, data), 400, "authorization_pending")
+    first = _last_poll_at(provider, ticket)
+    assert_poll_error(post_token(provider, data), 400, "slow_down")
+    assert poll_interval(provider, ticket) == 7
+    assert _last_poll_at(provider, ticket) > first
+
+
+def test_a_confidential_client_without_its_secret_gets_no_pending_answer(provider, web_client):
+    """client_id alone is the public-client shape; a confidential client must authenticate."""
+    ticket = provider.ticket(web_client)
+    response = post_token(provider, {"grant_type": QR_GRANT, "ticket": ticket["ticket"],
+                                     "client_id": web_client["client_id"]})
+    assert_poll_error(response, 401, "invalid_client")
+    assert _last_poll_at(provider, ticket) is None
