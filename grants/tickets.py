@@ -203,7 +203,9 @@ class Tickets:
         """``note_poll``'s on-time case in one autocommitted statement: True when the ticket is
         ``client_id``'s, waiting (pending or scanned), unexpired and polled no earlier than its
         interval allows, and the poll is now recorded. False changes nothing: the caller takes
-        the full path, whose rules decide what else to answer."""
+        the full path, whose rules decide what else to answer. (An exception usually changes
+        nothing either; only if the database committed and the connection died before its reply
+        was the poll recorded, and the full path then answers ``slow_down`` once.)"""
         engine = self.db.autocommit_engine
         if engine is None:
             return False

@@ -38,6 +38,8 @@ import threading
 import time
 from urllib.parse import unquote
 
+from authlib.oauth2.rfc6749 import InvalidRequestError
+
 from grants.tickets import Tickets
 
 from .body import _form
@@ -45,6 +47,7 @@ from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE
 from .security import digest
 
 access_log = logging.getLogger("qr_oidc.access")
+log = logging.getLogger("qr_oidc.fastpoll")
 
 CREDENTIAL = {QR_GRANT_TYPE: "ticket", DEVICE_GRANT_TYPE: "device_code"}
 MAX_FAST_BODY = 4096
@@ -82,6 +85,7 @@ class FastPoll:
         self.app = app
         self.tickets = tickets
         self.clients = ClientCache(tickets)
+        self._warned = 0.0
         body = json.dumps(PENDING).encode()
         self.body = body
         self.headers = [
@@ -102,10 +106,8 @@ class FastPoll:
                 or "HTTP_ORIGIN" in environ):
             return self.app(environ, start_response)
         content_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or -1)
-        except ValueError:
-            length = -1
+        raw_length = (environ.get("CONTENT_LENGTH") or "").strip()
+        length = int(raw_length) if raw_length.isascii() and raw_length.isdigit() else -1
         if content_type != "application/x-www-form-urlencoded" or not 0 < length <= MAX_FAST_BODY:
             return self.app(environ, start_response)
         started = time.perf_counter()
@@ -114,8 +116,15 @@ class FastPoll:
         environ["CONTENT_LENGTH"] = str(len(raw))
         try:
             answered = self._pending(raw, environ.get("HTTP_AUTHORIZATION"))
-        except Exception:  # noqa: BLE001 - whatever it is, the full path answers it properly
+        except InvalidRequestError:  # a body the full path refuses, with its reason
             answered = False
+        except Exception as exc:  # noqa: BLE001 - the full path answers; say it once a minute
+            answered = False
+            now = time.monotonic()
+            if now - self._warned > 60:
+                self._warned = now
+                log.warning("fast poll path failed (%s); polls take the full path",
+                            type(exc).__name__)
         if not answered:
             return self.app(environ, start_response)
         start_response("400 BAD REQUEST", list(self.headers))
@@ -128,7 +137,10 @@ class FastPoll:
         """True when this poll was on time for a waiting ticket (and is now recorded)."""
         params = _form(raw)
         grant_type = params.get("grant_type")
-        credential = params.get(CREDENTIAL.get(grant_type, ""), "")
+        name = CREDENTIAL.get(grant_type)
+        if name is None:  # another grant: not a poll
+            return False
+        credential = params.get(name) or ""
         if not credential or len(credential) > 200:
             return False
         client_id = self._client(params, authorization, grant_type)

@@ -329,3 +329,18 @@ def test_a_confidential_client_without_its_secret_gets_no_pending_answer(provide
                                      "client_id": web_client["client_id"]})
     assert_poll_error(response, 401, "invalid_client")
     assert _last_poll_at(provider, ticket) is None
+
+
+@pytest.mark.parametrize("grant_type", ["refresh_token", "authorization_code"])
+def test_a_ticket_under_a_nameless_parameter_of_another_grant_is_no_poll(
+        provider, public_client, grant_type):
+    """Only the QR and device grants poll; a ticket smuggled in as ``=<ticket>`` under another
+    grant is that grant's missing parameter, and the ticket is not touched."""
+    ticket = provider.ticket(public_client, client_id=public_client["client_id"],
+                             code_challenge=pkce()[1], code_challenge_method="S256")
+    response = requests.post(
+        provider.url + "/token", timeout=30,
+        data=f"grant_type={grant_type}&={ticket['ticket']}&client_id={public_client['client_id']}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert_poll_error(response, 400, "invalid_request")
+    assert _last_poll_at(provider, ticket) is None
