@@ -49,6 +49,8 @@ def _database(settings: dict, prepare: bool = True):
 
 
 def _configure_logging(level: str) -> None:
+    from .logqueue import BackgroundHandler
+
     logging.basicConfig(
         stream=sys.stderr,
         level=getattr(logging, str(level).upper(), logging.INFO),
@@ -64,6 +66,12 @@ def _configure_logging(level: str) -> None:
     audit.handlers[:] = [handler]
     audit.propagate = False
     audit.setLevel(logging.INFO)
+    # the access log: a line per request, written by a thread of its own (provider/logqueue.py)
+    access = logging.getLogger("qr_oidc.access")
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    access.handlers[:] = [BackgroundHandler(writer)]
+    access.propagate = False
 
 
 def _build_app(settings_overrides: dict):

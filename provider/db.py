@@ -50,10 +50,11 @@ def make_autocommit_engine(url: str, pool_size: int = 10, max_overflow: int = 20
     connection fails the statement and the caller takes the ordinary path); on SQLite the write
     lock is held only inside the statement, never while a thread waits for the GIL.
     """
-    # No overflow: a connection opened and closed per poll under load (PostgreSQL's connection
-    # set-up) costs more than waiting a moment for a pooled one; the statement takes well under
-    # a millisecond. A poll that cannot get one within a second takes the ordinary path.
-    options = dict(pool_size=pool_size, max_overflow=0, pool_timeout=1,
+    # Every connection it opens is kept (opened on demand, up to the process's whole budget): one
+    # opened and closed per poll under load costs more than the statement, and waiting for a
+    # pooled one queues the threads. A poll that cannot get one within a second takes the
+    # ordinary path.
+    options = dict(pool_size=pool_size + max_overflow, max_overflow=0, pool_timeout=1,
                    isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15},

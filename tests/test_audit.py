@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import time
 
-from helpers import approved_ticket
+import requests
+from helpers import Provider, approved_ticket
 
 
 def events(provider, since: float) -> list[dict]:
@@ -75,3 +76,33 @@ def test_sign_ins_and_failed_sign_ins_are_audited(provider, alice):
     ok = wait_for(provider, since, lambda e: e["event"] == "signin")
     assert ok[0]["amr"] == "pwd"
     assert "alice-password" not in provider.log() and "nope" not in provider.log()
+
+
+def test_every_request_gets_one_access_line_naming_the_route_not_the_path(tmp_path):
+    """The access log (written by a thread of its own) has a line per request, the fast poll
+    path's included, with the route pattern: the path of a QR image holds its scan code."""
+    server = Provider(tmp_path)
+    server.start()
+    try:
+        client = server.create_client("--name", "Logged shop")
+        ticket = server.ticket(client)
+        code = server.scan_code(ticket)
+        assert requests.get(f"{server.url}/qr/{code}.svg", timeout=30).status_code == 200
+        assert server.poll(client, ticket["ticket"]).json()["error"] == "authorization_pending"
+        assert server.poll(client, ticket["ticket"]).json()["error"] == "slow_down"
+        assert requests.get(f"{server.url}/no/{code}", timeout=30).status_code == 404
+        wanted = ["POST /qr/ticket 201", "GET /qr/<scan_code>.<fmt> 200", "POST /token 400",
+                  "POST /token 400", "GET <unmatched> 404"]
+        deadline = time.monotonic() + 10
+        while True:
+            log = server.log()
+            got = [" ".join(line.split("qr_oidc.access ", 1)[1].split()[:3])
+                   for line in log.splitlines() if "qr_oidc.access " in line]
+            got = [line for line in got if "openid-configuration" not in line]  # start-up
+            if got == wanted or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert got == wanted
+        assert code not in log and ticket["ticket"] not in log
+    finally:
+        server.stop()
