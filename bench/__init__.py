@@ -1,0 +1,1 @@
+"""qr-oidc benchmarks; run ``python -m bench`` (see bench/README.md)."""
