@@ -177,6 +177,8 @@ class TicketEvent(Base):
     """
 
     __tablename__ = "ticket_events"
+    # AUTOINCREMENT: a purged table must not hand out a seq a watcher has already passed
+    __table_args__ = {"sqlite_autoincrement": True}
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     ticket_id: Mapped[str] = mapped_column(String(32))

@@ -20,7 +20,9 @@ def upgrade() -> None:
     sa.Column('seq', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('ticket_id', sa.String(length=32), nullable=False),
     sa.Column('at', sa.Float(), nullable=False),
-    sa.PrimaryKeyConstraint('seq')
+    sa.PrimaryKeyConstraint('seq'),
+    # a purged table must not hand out a seq a watcher has already passed
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('ticket_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_ticket_events_at'), ['at'], unique=False)

@@ -1,0 +1,63 @@
+"""SQLite's stand-in for NOTIFY (provider/notify.py): the ``ticket_events`` rows a transition
+writes, read by each process's ``SqliteWatcher``. The cross-process behaviour is shown against
+real servers in test_cluster.py; this checks the watcher itself on a real SQLite file."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import delete, insert
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from provider.db import Database  # noqa: E402
+from provider.models import TicketEvent  # noqa: E402
+from provider.notify import LocalNotifier, SqliteWatcher  # noqa: E402
+
+
+def test_the_watcher_hears_every_event_after_it_started_even_once_the_table_was_purged(tmp_path):
+    database = Database(f"sqlite:///{tmp_path / 'events.db'}")
+    database.prepare()
+    notifier = LocalNotifier()
+    watcher = SqliteWatcher(database.engine, notifier)
+
+    def event(ticket_id):
+        with database.engine.begin() as connection:
+            connection.execute(insert(TicketEvent).values(ticket_id=ticket_id, at=time.time()))
+
+    event("before")  # made before the watcher started: already in the rows it will read
+    assert watcher.poll_once() == 0
+    event("a")
+    event("b")
+    assert watcher.poll_once() == 2
+    assert notifier.version("a") == notifier.version("b") == 1
+    assert notifier.version("before") == 0
+    assert watcher.poll_once() == 0  # each event once
+
+    # the maintenance purge empties the table; new events must still be new to the watcher
+    with database.engine.begin() as connection:
+        connection.execute(delete(TicketEvent))
+    event("c")
+    assert watcher.poll_once() == 1
+    assert notifier.version("c") == 1
+    database.engine.dispose()
+
+
+def test_the_maintenance_purge_keeps_a_minute_of_events(tmp_path):
+    from sqlalchemy import select
+
+    from provider.notify import EVENT_RETENTION, purge_events
+
+    database = Database(f"sqlite:///{tmp_path / 'events.db'}")
+    database.prepare()
+    with database.engine.begin() as connection:
+        connection.execute(insert(TicketEvent), [
+            {"ticket_id": "old", "at": time.time() - EVENT_RETENTION - 5},
+            {"ticket_id": "new", "at": time.time() - EVENT_RETENTION + 30},
+        ])
+    assert purge_events(database) == 1
+    with database.engine.connect() as connection:
+        assert connection.scalars(select(TicketEvent.ticket_id)).all() == ["new"]
+    database.engine.dispose()
