@@ -121,6 +121,7 @@ class SqliteWatcher:
         self.engine, self.notifier = engine, notifier
         self._stop = threading.Event()
         self.last: int | None = None
+        self._rounds = 0
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self._run, name="qr-oidc-watch", daemon=True)
@@ -133,9 +134,14 @@ class SqliteWatcher:
     def poll_once(self) -> int:
         """Publish the events after the last one seen; returns how many."""
         with self.engine.connect() as connection:
-            if self.last is None:  # start from now: earlier changes are in the rows already
-                self.last = connection.scalar(select(func.max(TicketEvent.seq))) or 0
-                return 0
+            self._rounds += 1
+            if self.last is None or self._rounds % 100 == 0:
+                # start from now (earlier changes are in the rows already); and every 5 s make
+                # sure the numbers did not go back (a database restored from a backup)
+                top = connection.scalar(select(func.max(TicketEvent.seq))) or 0
+                if self.last is None or top < self.last:
+                    self.last = top
+                    return 0
             rows = connection.execute(
                 select(TicketEvent.seq, TicketEvent.ticket_id)
                 .where(TicketEvent.seq > self.last).order_by(TicketEvent.seq)).all()

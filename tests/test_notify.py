@@ -61,3 +61,20 @@ def test_the_maintenance_purge_keeps_a_minute_of_events(tmp_path):
     with database.engine.connect() as connection:
         assert connection.scalars(select(TicketEvent.ticket_id)).all() == ["new"]
     database.engine.dispose()
+
+
+def test_the_watcher_recovers_when_the_numbers_go_back(tmp_path):
+    """A database restored from an older backup numbers its events from lower down."""
+    database = Database(f"sqlite:///{tmp_path / 'events.db'}")
+    database.prepare()
+    notifier = LocalNotifier()
+    watcher = SqliteWatcher(database.engine, notifier)
+    watcher.poll_once()
+    watcher.last = 10**9  # what it saw before the restore
+    for _ in range(100):  # it checks every 100 rounds (5 s at 50 ms)
+        watcher.poll_once()
+    assert watcher.last < 10**9
+    with database.engine.begin() as connection:
+        connection.execute(insert(TicketEvent).values(ticket_id="after", at=time.time()))
+    assert watcher.poll_once() == 1 and notifier.version("after") == 1
+    database.engine.dispose()
