@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from grants.tickets import TicketError
 
-from .audit import audit
+from .audit import audit, flush_after_commit
 from .http import find_by_user_code
 from .models import Client, User
 from .ratelimit import TooManyRequests
@@ -280,6 +280,7 @@ def authorize_qr():
     status = row.public_status()
     if status == "approved" and p.tickets.redeem(row, time.time()):
         p.db.session.commit()
+        flush_after_commit()  # ticket.redeemed
         session.clear()  # a new session for the user who approved (no fixation)
         audit("signin", user_id=row.user_id, amr="qr", ticket=row.id)
         session["uid"] = row.user_id

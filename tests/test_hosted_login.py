@@ -175,3 +175,31 @@ def test_what_discovery_says_is_unsupported_is_refused_not_ignored(provider, rp_
     query = parse_qs(urlsplit(response.headers["Location"]).query)
     assert response.headers["Location"].startswith(REDIRECT)
     assert query["error"] == [error] and query["state"] == ["st"] and "code" not in query
+
+
+def test_the_page_flow_redemption_is_audited_like_the_token_endpoint_one(provider, rp_client,
+                                                                         alice_phone):
+    import json
+    import time
+
+    rp, browser, page, flow = start(provider, rp_client)
+    assert provider.phone("scan", alice_phone, scan_code=flow["scan_code"]).status_code == 200
+    assert provider.phone("approve", alice_phone, scan_code=flow["scan_code"]).status_code == 200
+    approved = provider.status(flow["ticket"]).json()
+    assert approved["status"] == "approved"
+    finish(provider, browser, page, flow)
+    deadline = time.monotonic() + 10
+    while True:
+        events = [json.loads(line) for line in provider.log().splitlines()
+                  if line.startswith("{")]
+        ticket_ids = {e["ticket"] for e in events if e["event"] == "ticket.approved"
+                      and e.get("client_id") == rp_client["client_id"]}
+        redeemed = [e for e in events if e["event"] == "ticket.redeemed"
+                    and e.get("ticket") in ticket_ids]
+        signin = [e for e in events if e["event"] == "signin" and e.get("amr") == "qr"
+                  and e.get("ticket") in ticket_ids]
+        if (redeemed and signin) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert redeemed and signin
+    assert redeemed[-1]["ticket"] == signin[-1]["ticket"]
