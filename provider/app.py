@@ -52,7 +52,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.json.sort_keys = False
 
     database = Database(settings["DATABASE_URL"], int(settings["DB_POOL_SIZE"]),
-                        int(settings["DB_MAX_OVERFLOW"]))
+                        int(settings["DB_MAX_OVERFLOW"]), int(settings["DB_FAST_POOL_SIZE"]))
     database.prepare()
     database.init_app(app)
 

@@ -48,6 +48,7 @@ DEFAULTS: dict[str, object] = {
     "THREADS": 1000,
     "DB_POOL_SIZE": 10,  # database connections kept per process
     "DB_MAX_OVERFLOW": 20,  # extra connections a process may open under load
+    "DB_FAST_POOL_SIZE": 10,  # connections of the fast poll path's pool per process (kept)
     "LOG_LEVEL": "info",
     # Rate limits, COUNT/SECONDS or off (provider/ratelimit.py); REDIS_URL moves the counters to Redis
     "RATE_TICKET_CLIENT": "600/60",

@@ -43,18 +43,17 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine
     return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
 
 
-def make_autocommit_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
+def make_autocommit_engine(url: str, pool_size: int = 10) -> Engine:
     """An engine for single statements that are their own transaction (provider/fastpoll.py).
 
     One round trip per statement on PostgreSQL (no ``BEGIN``/``COMMIT``, no pre-ping: a dead
     connection fails the statement and the caller takes the ordinary path); on SQLite the write
     lock is held only inside the statement, never while a thread waits for the GIL.
     """
-    # Every connection it opens is kept (opened on demand, up to the process's whole budget): one
-    # opened and closed per poll under load costs more than the statement, and waiting for a
-    # pooled one queues the threads. A poll that cannot get one within a second takes the
-    # ordinary path.
-    options = dict(pool_size=pool_size + max_overflow, max_overflow=0, pool_timeout=1,
+    # Every connection it opens is kept (opened on demand, at most ``pool_size``): one opened and
+    # closed per poll under load costs more than the statement. A poll that cannot get one
+    # within a second takes the ordinary path.
+    options = dict(pool_size=pool_size, max_overflow=0, pool_timeout=1,
                    isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15},
@@ -67,12 +66,13 @@ def make_autocommit_engine(url: str, pool_size: int = 10, max_overflow: int = 20
 class Database:
     """Engine plus a thread-scoped session registry; ``init_app`` ends the session per request."""
 
-    def __init__(self, url: str, pool_size: int = 10, max_overflow: int = 20):
+    def __init__(self, url: str, pool_size: int = 10, max_overflow: int = 20,
+                 fast_pool_size: int = 10):
         self.url = url
         self.engine = make_engine(url, pool_size, max_overflow)
         self.session_factory = sessionmaker(bind=self.engine, expire_on_commit=False)
         self.session = scoped_session(self.session_factory)
-        self._pool = (pool_size, max_overflow)
+        self._fast_pool_size = max(1, fast_pool_size)
         self._autocommit: Engine | None = None
         self._autocommit_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -85,7 +85,7 @@ class Database:
         if self._autocommit is None and not in_memory:
             with self._autocommit_lock:
                 if self._autocommit is None:
-                    self._autocommit = make_autocommit_engine(self.url, *self._pool)
+                    self._autocommit = make_autocommit_engine(self.url, self._fast_pool_size)
         return self._autocommit
 
     def write_lock(self):

@@ -151,8 +151,11 @@ class SqliteWatcher:
         return len(rows)
 
     def _run(self) -> None:
+        warned = 0.0
         while not self._stop.wait(self.interval):
             try:
                 self.poll_once()
             except Exception as exc:  # a locked or busy database: the next round reads again
-                log.warning("ticket event read failed (%s)", type(exc).__name__)
+                if time.monotonic() - warned > 60:  # say so once a minute, not 20 times a second
+                    warned = time.monotonic()
+                    log.warning("ticket event read failed (%s)", type(exc).__name__)
