@@ -30,17 +30,17 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.close()
 
 
-def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
+def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20, **options) -> Engine:
+    """The engine for ``url``: SQLite with its pragmas on every connection, or a server database
+    with a pre-ping on checkout (unless ``options`` say otherwise)."""
+    options = dict(pool_size=pool_size, max_overflow=max_overflow, **options)
     if url.startswith("sqlite"):
-        engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": 15},
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-        )
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15},
+                               **options)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+    options.setdefault("pool_pre_ping", True)
+    return create_engine(url, **options)
 
 
 def make_autocommit_engine(url: str, pool_size: int = 10) -> Engine:
@@ -53,14 +53,8 @@ def make_autocommit_engine(url: str, pool_size: int = 10) -> Engine:
     # Every connection it opens is kept (opened on demand, at most ``pool_size``): one opened and
     # closed per poll under load costs more than the statement. A poll that cannot get one
     # within a second takes the ordinary path.
-    options = dict(pool_size=pool_size, max_overflow=0, pool_timeout=1,
-                   isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15},
-                               **options)
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, **options)
+    return make_engine(url, pool_size, 0, pool_timeout=1, isolation_level="AUTOCOMMIT",
+                       pool_reset_on_return=None, pool_pre_ping=False)
 
 
 class Database:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import io
 import json
 import logging
@@ -44,7 +43,7 @@ from grants.tickets import Tickets
 
 from .body import _form
 from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE
-from .security import digest
+from .security import digest, secret_matches
 
 access_log = logging.getLogger("qr_oidc.access")
 log = logging.getLogger("qr_oidc.fastpoll")
@@ -179,4 +178,4 @@ class FastPoll:
             return client_id if secret is None and authorization is None else None
         if not secret or not secret_hash:
             return None
-        return client_id if hmac.compare_digest(digest(secret), secret_hash) else None
+        return client_id if secret_matches(secret, secret_hash) else None
