@@ -14,9 +14,9 @@ from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oidc.core.grants import OpenIDCode as _OpenIDCode
 from authlib.oidc.core.grants import OpenIDToken as _OpenIDToken
 from authlib.oidc.core.util import create_half_hash
-from joserfc import jwt
 from sqlalchemy import select
 
+from keys.jws import sign_compact
 from provider.models import AuthorizationCode
 
 
@@ -42,34 +42,46 @@ class _IDTokenMixin:
         return user_claims(user, scope)
 
     def encode_id_token(self, token, request):
-        settings, keys = self.parts.settings, self.parts.keys
         client = request.client
-        alg = client.id_token_signed_response_alg or settings["SIGNING_ALG"]
-        key = keys.signing_key(alg)
         credential = (
             getattr(request, "credential", None)
             or getattr(request, "authorization_code", None)
             or getattr(request, "refresh_token", None)
         )
-        issued = int(time.time())
-        claims = {
-            "iss": settings["ISSUER"],
-            "aud": client.client_id,
-            "iat": issued,
-            "exp": issued + int(settings["ID_TOKEN_TTL"]),
-        }
-        if credential is not None:
-            if nonce := credential.get_nonce():
-                claims["nonce"] = nonce
-            if auth_time := credential.get_auth_time():
-                claims["auth_time"] = auth_time
-            if amr := credential.get_amr():
-                claims["amr"] = amr
-        at_hash = create_half_hash(token["access_token"], alg if alg != "EdDSA" else "EdDSA")
-        if at_hash is not None:
-            claims["at_hash"] = at_hash.decode()
-        claims.update(self.generate_user_info(request.user, token["scope"]))
-        return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, [alg])
+        return id_token(
+            self.parts.settings, self.parts.keys, client_id=client.client_id,
+            alg=client.id_token_signed_response_alg, user=request.user, scope=token["scope"],
+            access_token=token["access_token"],
+            nonce=credential.get_nonce() if credential is not None else None,
+            auth_time=credential.get_auth_time() if credential is not None else None,
+            amr=credential.get_amr() if credential is not None else None,
+        )
+
+
+def id_token(settings, keys, *, client_id: str, alg: str | None, user, scope: str,
+             access_token: str, nonce=None, auth_time=None, amr=None) -> str:
+    """The signed ID token for ``user``: shared by every grant and the fast path's issuance.
+    ``alg`` is the client's ``id_token_signed_response_alg`` (None: the server's default)."""
+    alg = alg or settings["SIGNING_ALG"]
+    key = keys.signing_key(alg)
+    issued = int(time.time())
+    claims = {
+        "iss": settings["ISSUER"],
+        "aud": client_id,
+        "iat": issued,
+        "exp": issued + int(settings["ID_TOKEN_TTL"]),
+    }
+    if nonce:
+        claims["nonce"] = nonce
+    if auth_time:
+        claims["auth_time"] = auth_time
+    if amr:
+        claims["amr"] = amr
+    at_hash = create_half_hash(access_token, alg)
+    if at_hash is not None:
+        claims["at_hash"] = at_hash.decode()
+    claims.update(user_claims(user, scope))
+    return sign_compact(key, {"alg": alg, "kid": key.kid, "typ": "JWT"}, claims)
 
 
 class OpenIDToken(_IDTokenMixin, _OpenIDToken):

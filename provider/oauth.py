@@ -23,6 +23,8 @@ from flask import request as flask_request
 from joserfc import jwt
 from joserfc.errors import JoseError
 
+from keys.jws import sign_compact
+
 from .body import body_params
 from .models import Client, Token, User, now
 from .security import digest, new_id, new_secret
@@ -120,36 +122,13 @@ class Server(AuthorizationServer):
 
     def _generate_token(self, grant_type, client, user=None, scope=None, expires_in=None,
                         include_refresh_token=True):
-        settings = self.parts.settings
-        issued = int(time.time())
-        lifetime = expires_in or int(settings["ACCESS_TOKEN_TTL"])
-        jti = new_id()
-        claims = {
-            "iss": settings["ISSUER"],
-            "sub": user.sub if user else client.client_id,
-            "aud": requested_resource() or settings["ISSUER"],
-            "client_id": client.client_id,
-            "iat": issued,
-            "exp": issued + lifetime,
-            "jti": jti,
-            "scope": scope or "",
-        }
-        key = self.parts.keys.signing_key("RS256")
-        header = {"alg": "RS256", "typ": "at+jwt", "kid": key.kid}
-        token = {
-            "access_token": jwt.encode(header, claims, key),
-            "token_type": "Bearer",
-            "expires_in": lifetime,
-            "scope": scope or "",
-        }
-        refresh = None
-        if include_refresh_token and "offline_access" in (scope_to_list(scope) or []):
-            refresh = new_secret()
-            token["refresh_token"] = refresh
-        # what save_token stores, kept off the response
-        g.qr_oidc_pending_token = {
-            "jti": jti, "refresh": refresh, "exp": issued + lifetime, "grant_type": grant_type,
-        }
+        token, pending = new_access_token(
+            self.parts.settings, self.parts.keys, grant_type=grant_type,
+            client_id=client.client_id, sub=user.sub if user else client.client_id, scope=scope,
+            aud=requested_resource(), lifetime=expires_in,
+            refresh=include_refresh_token and "offline_access" in (scope_to_list(scope) or []),
+        )
+        g.qr_oidc_pending_token = pending  # what save_token stores, kept off the response
         return token
 
     def _save_token_impl(self, token, request):
@@ -162,23 +141,71 @@ class Server(AuthorizationServer):
         amr = credential.get_amr()[0] if credential is not None else None
         if previous is not None:
             auth_time, amr = previous.auth_time, previous.amr
-        row = Token(
-            jti=pending["jti"],
-            client_id=request.client.client_id,
-            user_id=request.user.id if request.user else None,
-            grant_type=pending["grant_type"],
-            scope=token.get("scope", ""),
-            issued_at=now(),
-            expires_at=pending["exp"],
-            refresh_token_hash=digest(pending["refresh"]) if pending["refresh"] else None,
-            refresh_expires_at=(now() + int(self.parts.settings["REFRESH_TOKEN_TTL"]))
-            if pending["refresh"] else None,
-            family_id=previous.family_id if previous is not None else new_id(),
-            auth_time=auth_time,
-            amr=amr,
-        )
+        row = Token(**token_row(
+            self.parts.settings, pending, client_id=request.client.client_id,
+            user_id=request.user.id if request.user else None, scope=token.get("scope", ""),
+            family_id=previous.family_id if previous is not None else None,
+            auth_time=auth_time, amr=amr,
+        ))
         self.parts.db.session.add(row)
         return row
+
+
+# -- the access token and its row: shared by every grant and by the fast path's issuance ------------
+def new_access_token(settings, keys, *, grant_type: str, client_id: str, sub: str,
+                     scope: str | None, aud: str | None = None, lifetime: int | None = None,
+                     refresh: bool = False) -> tuple[dict, dict]:
+    """A signed RFC 9068 access token, as the token response's first four members (plus
+    ``refresh_token`` when ``refresh``), and what its row needs (``token_row``'s ``pending``)."""
+    issued = int(time.time())
+    lifetime = lifetime or int(settings["ACCESS_TOKEN_TTL"])
+    jti = new_id()
+    claims = {
+        "iss": settings["ISSUER"],
+        "sub": sub,
+        "aud": aud or settings["ISSUER"],
+        "client_id": client_id,
+        "iat": issued,
+        "exp": issued + lifetime,
+        "jti": jti,
+        "scope": scope or "",
+    }
+    key = keys.signing_key("RS256")
+    token = {
+        "access_token": sign_compact(key, {"alg": "RS256", "typ": "at+jwt", "kid": key.kid},
+                                     claims),
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "scope": scope or "",
+    }
+    secret = new_secret() if refresh else None
+    if secret:
+        token["refresh_token"] = secret
+    return token, {"jti": jti, "refresh": secret, "exp": issued + lifetime,
+                   "grant_type": grant_type}
+
+
+def token_row(settings, pending: dict, *, client_id: str, user_id: int | None, scope: str,
+              family_id: str | None, auth_time, amr) -> dict:
+    """The columns of the ``tokens`` row kept for an access token (and its refresh token's
+    digest): ``Token(**token_row(...))``, or the fast path's ``INSERT``."""
+    at = now()
+    return {
+        "jti": pending["jti"],
+        "client_id": client_id,
+        "user_id": user_id,
+        "grant_type": pending["grant_type"],
+        "scope": scope,
+        "issued_at": at,
+        "expires_at": pending["exp"],
+        "revoked": False,
+        "refresh_token_hash": digest(pending["refresh"]) if pending["refresh"] else None,
+        "refresh_expires_at": at + int(settings["REFRESH_TOKEN_TTL"])
+        if pending["refresh"] else None,
+        "family_id": family_id or new_id(),
+        "auth_time": auth_time,
+        "amr": amr,
+    }
 
 
 class BearerError(Exception):

@@ -171,3 +171,28 @@ def test_encrypted_keys_and_no_passphrase_refuse_to_start(keyed):
         assert result.returncode != 0
         assert "QR_OIDC_KEY_PASSPHRASE" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "RS256"])
+def test_the_signer_makes_tokens_joserfc_and_pyjwt_accept(alg):
+    """keys/jws.py signs without joserfc: what it makes must verify with both libraries, claims
+    outside ASCII included, and a tampered payload must not."""
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import KeySet
+
+    from keys.jws import sign_compact
+    from keys.keyset import generate
+
+    key = generate(alg)
+    public = KeySet.import_key_set({"keys": [dict(key.as_dict(private=False), kid="k1")]})
+    claims = {"iss": "https://issuer.example", "sub": "s", "name": "Zoë \u00e9\u4e2d \U0001f600",
+              "exp": 4102444800}
+    token = sign_compact(key, {"alg": alg, "kid": "k1", "typ": "JWT"}, claims)
+    assert jose_jwt.decode(token, public, algorithms=[alg]).claims == claims
+    pyjwt_key = jwt.PyJWK(dict(key.as_dict(private=False), kid="k1", alg=alg)).key
+    assert jwt.decode(token, pyjwt_key, algorithms=[alg], options={"verify_aud": False}) == claims
+    head, payload, signature = token.split(".")
+    forged = jwt.utils.base64url_encode(json.dumps({**claims, "sub": "t"}).encode()).decode()
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(f"{head}.{forged}.{signature}", pyjwt_key, algorithms=[alg],
+                   options={"verify_aud": False})

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from provider import migrate  # noqa: E402
-from provider.db import Base  # noqa: E402
+from provider.models import Base  # noqa: E402  (the models register their tables on it)
 
 REVISIONS = ["0001", "0002", "0003"]
 
