@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from provider import migrate  # noqa: E402
 from provider.models import Base  # noqa: E402  (the models register their tables on it)
 
-REVISIONS = ["0001", "0002", "0003"]
+REVISIONS = ["0001", "0002", "0003", "0004"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
