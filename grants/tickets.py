@@ -17,6 +17,7 @@ derived from the scan code so the scan response can show it).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -58,12 +59,45 @@ class NewTicket:
     user_code: str
 
 
+# the fast path's statements (Tickets._SQL), in parts that two of them share
+_POLL = ("UPDATE tickets SET last_poll_at = :at"
+         " WHERE ticket_hash = :h AND client_id = :c AND kind <> 'authorize'"
+         " AND status IN ('pending', 'scanned') AND expires_at > :at"
+         " AND (last_poll_at IS NULL OR last_poll_at + poll_interval * 0.8 <= :at)")
+_APPROVED_COLUMNS = ("t.id, t.user_id, t.scope, t.nonce, t.decided_at, t.code_challenge,"
+                     " u.sub, u.username, u.name, u.email, u.picture")
+_APPROVED_FROM = "tickets t JOIN users u ON u.id = t.user_id"
+_APPROVED_WHERE = ("t.ticket_hash = :h AND t.client_id = :c AND t.kind <> 'authorize'"
+                   " AND t.status = 'approved' AND t.expires_at > :at")
+_TOKEN_COLUMNS = ("jti", "client_id", "user_id", "grant_type", "scope", "issued_at", "expires_at",
+                  "revoked", "refresh_token_hash", "refresh_expires_at", "family_id", "auth_time",
+                  "amr")
+_TOKEN_INSERT = f"INSERT INTO tokens ({', '.join(_TOKEN_COLUMNS)})"
+_TOKEN_VALUES = "(" + ", ".join(f":{name}" for name in _TOKEN_COLUMNS) + ")"
+
+
 @functools.lru_cache(maxsize=None)
 def _statement(name: str, paramstyle: str) -> str:
     sql = Tickets._SQL[name]
     if paramstyle == "pyformat":  # psycopg; sqlite3 takes the :named form as it is
         sql = re.sub(r":(\w+)", r"%(\1)s", sql)
     return sql
+
+
+@contextlib.contextmanager
+def _cursor(engine):
+    """A cursor on a pooled DBAPI connection of ``engine``; the connection goes back to the pool
+    afterwards, or is thrown away if anything failed (it may be mid-transaction or dead)."""
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        yield cursor
+        cursor.close()
+    except Exception:
+        connection.invalidate()
+        raise
+    finally:
+        connection.close()
 
 
 @dataclass
@@ -199,54 +233,105 @@ class Tickets:
         return bool(on_time)
 
     # -- the fast poll path (provider/fastpoll.py): single statements, no ORM, no transaction --
-    def poll_on_time(self, ticket_hash: str, client_id: str, at: float) -> bool:
-        """``note_poll``'s on-time case in one autocommitted statement: True when the ticket is
-        ``client_id``'s, waiting (pending or scanned), unexpired and polled no earlier than its
-        interval allows, and the poll is now recorded. False changes nothing: the caller takes
-        the full path, whose rules decide what else to answer. (An exception usually changes
+    def fast_poll(self, ticket_hash: str, client_id: str, at: float) -> bool | dict | None:
+        """The fast poll path's look at a ticket (provider/fastpoll.py), with no ORM and no
+        transaction of its own:
+
+        - True: the ticket is ``client_id``'s, waiting (pending or scanned), unexpired and polled
+          no earlier than its interval allows, and the poll is now recorded: ``note_poll``'s
+          on-time case, in one conditional ``UPDATE``;
+        - a dict: the ticket is ``client_id``'s, approved and unexpired (what
+          ``QRTicketGrant.validate_token_request`` accepts), with its user's claims, for
+          ``redeem_with_token``; nothing is changed;
+        - None: neither, and nothing is changed; the caller takes the full path, whose rules
+          decide what else to answer.
+
+        On PostgreSQL both are one statement and one round trip. (An exception usually changes
         nothing either; only if the database committed and the connection died before its reply
         was the poll recorded, and the full path then answers ``slow_down`` once.)"""
         engine = self.db.autocommit_engine
         if engine is None:
-            return False
-        return self._raw(engine, "poll", {"h": ticket_hash, "c": client_id, "at": at}).rowcount == 1
+            return None
+        params = {"h": ticket_hash, "c": client_id, "at": at}
+        if self.db.is_sqlite:  # in-process: two statements on one connection cost little
+            found = self._raw(engine, ("poll", "approved"), params, until_rowcount=1)
+            if found.rowcount == 1:
+                return True
+        else:
+            found = self._raw(engine, ("poll_or_approved",), params)
+            polled, *row = found.fetchone()
+            if polled:
+                return True
+            found.rows = [row] if row[0] is not None else []
+        row = found.fetchone()
+        return dict(zip(self._APPROVED, row)) if row is not None else None
 
     def client_for_poll(self, client_id: str):
-        """(secret_hash, public, grant_types) of a client, or None: what the fast path's client
-        authentication needs."""
+        """(secret_hash, public, grant_types, id_token_alg) of a client, or None: what the fast
+        path's client authentication and issuance need."""
         engine = self.db.autocommit_engine
         if engine is None:
             return None
         row = self._raw(engine, "client", {"c": client_id}).fetchone()
         if row is None:
             return None
-        secret_hash, public, grant_types = row
+        secret_hash, public, grant_types, id_token_alg = row
         if isinstance(grant_types, str):
             grant_types = json.loads(grant_types)
-        return secret_hash, bool(public), frozenset(grant_types or ())
+        return secret_hash, bool(public), frozenset(grant_types or ()), id_token_alg
+
+    def redeem_with_token(self, ticket_id: str, at: float, token: dict) -> bool:
+        """The fast path's issuance, step 2: approved -> redeemed and the token row, in one
+        transaction, as ``redeem`` and ``save_token`` do on the full path. False when another
+        request redeemed it first (or it expired meanwhile): nothing is written."""
+        engine = self.db.autocommit_engine
+        params = dict(token, id=ticket_id, at=at)
+        if not self.db.is_sqlite:  # one statement, so one transaction and one round trip
+            return self._raw(engine, "redeem_with_token", params).rowcount == 1
+        with self.db.write_lock(), _cursor(engine) as cursor:
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                cursor.execute(_statement("redeem", "named"), params)
+                done = cursor.rowcount == 1
+                if done:
+                    cursor.execute(_statement("token_row", "named"), params)
+                cursor.execute("COMMIT" if done else "ROLLBACK")
+            except Exception:
+                cursor.execute("ROLLBACK")
+                raise
+        return done
 
     _SQL = {
-        "poll": "UPDATE tickets SET last_poll_at = :at"
-                " WHERE ticket_hash = :h AND client_id = :c AND kind <> 'authorize'"
-                " AND status IN ('pending', 'scanned') AND expires_at > :at"
-                " AND (last_poll_at IS NULL OR last_poll_at + poll_interval * 0.8 <= :at)",
-        "client": "SELECT secret_hash, public, grant_types FROM clients WHERE client_id = :c",
+        "poll": _POLL,
+        "client": "SELECT secret_hash, public, grant_types, id_token_signed_response_alg"
+                  " FROM clients WHERE client_id = :c",
+        "approved": "SELECT " + _APPROVED_COLUMNS + " FROM " + _APPROVED_FROM + " WHERE "
+                    + _APPROVED_WHERE,
+        "poll_or_approved": "WITH polled AS (" + _POLL + " RETURNING 1) SELECT"
+                            " (SELECT count(*) FROM polled), " + _APPROVED_COLUMNS
+                            + " FROM (SELECT 1) AS one LEFT JOIN (" + _APPROVED_FROM
+                            + ") ON " + _APPROVED_WHERE,
+        "redeem": "UPDATE tickets SET status = 'redeemed', redeemed_at = :at"
+                  " WHERE id = :id AND status = 'approved' AND expires_at > :at",
+        "token_row": _TOKEN_INSERT + " VALUES " + _TOKEN_VALUES,
+        "redeem_with_token": "WITH redeemed AS (UPDATE tickets SET status = 'redeemed',"
+                             " redeemed_at = :at WHERE id = :id AND status = 'approved'"
+                             " AND expires_at > :at RETURNING id) "
+                             + _TOKEN_INSERT + " SELECT " + _TOKEN_VALUES[1:-1]
+                             + " FROM redeemed",
     }
+    _APPROVED = ("id", "user_id", "scope", "nonce", "decided_at", "code_challenge",
+                 "sub", "username", "name", "email", "picture")
 
-    def _raw(self, engine, name: str, params: dict):
-        """Run one of ``_SQL`` on a pooled DBAPI connection; returns the spent cursor's results."""
-        sql = _statement(name, engine.dialect.paramstyle)
-        connection = engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(sql, params)
-            result = _Spent(cursor.rowcount, cursor.fetchall() if cursor.description else [])
-            cursor.close()
-        except Exception:
-            connection.invalidate()
-            raise
-        finally:
-            connection.close()
+    def _raw(self, engine, names, params: dict, until_rowcount: int | None = None) -> _Spent:
+        """Run ``_SQL[name]`` (or several, in turn, until one's row count is ``until_rowcount``)
+        on a pooled DBAPI connection; returns the last spent cursor's results."""
+        with _cursor(engine) as cursor:
+            for name in (names,) if isinstance(names, str) else names:
+                cursor.execute(_statement(name, engine.dialect.paramstyle), params)
+                result = _Spent(cursor.rowcount, cursor.fetchall() if cursor.description else [])
+                if result.rowcount == until_rowcount:
+                    break
         return result
 
     def redeem(self, row: Ticket, at: float) -> bool:

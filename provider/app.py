@@ -90,7 +90,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     _install_access_log(app, secure)
     # WSGI middleware, innermost first: the fast poll path, the body limit, the proxy headers
     if settings["FAST_POLL"]:
-        app.wsgi_app = FastPoll(app.wsgi_app, parts.tickets, secure)
+        app.wsgi_app = FastPoll(app.wsgi_app, parts, secure)
     app.wsgi_app = BodyLimit(app.wsgi_app)
     if int(settings["TRUSTED_PROXIES"]):
         hops = int(settings["TRUSTED_PROXIES"])

@@ -1,11 +1,13 @@
-"""The hot path: an on-time token poll of a waiting ticket, answered before Flask.
+"""The hot path: the QR and device grants' token poll, answered before Flask.
 
 Every browser waiting for a QR login polls ``POST /token`` every interval, and almost every such
-poll answers ``authorization_pending``. Through Flask, Authlib and the ORM that answer costs a
-cookie session, three ORM statements in a transaction (client, ticket, conditional update) and
-the framework's request and response objects: about a sixth of what the bare server can answer
-(docs/performance.md). This WSGI middleware answers exactly that case with one statement and
-hands everything else, untouched, to the full path.
+poll answers ``authorization_pending``; the last one gets the tokens. Through Flask, Authlib and
+the ORM the first costs a cookie session, three ORM statements in a transaction (client, ticket,
+conditional update) and the framework's request and response objects: about a sixth of what the
+bare server can answer; the second about eight times a no-op request, against two signatures
+(docs/performance.md). This WSGI middleware answers exactly those two cases with one statement
+(and, for tokens, a second one that writes) and hands everything else, untouched, to the full
+path.
 
 It answers only when all of this holds, and then the full path would have answered the same:
 
@@ -16,14 +18,23 @@ It answers only when all of this holds, and then the full path would have answer
   way: Basic header and no ``client_secret`` in the body (confidential), ``client_id`` and
   ``client_secret`` in the body and no header (confidential), ``client_id`` alone (public); and
   the client may use the grant;
-- ``Tickets.poll_on_time`` changes one row: the ticket is this client's, waiting (pending or
-  scanned), not expired, and polled no earlier than the interval allows. That conditional
-  ``UPDATE`` is the same check and the same bookkeeping as ``Tickets.note_poll``.
+- ``Tickets.fast_poll`` finds the ticket this client's and unexpired, and either
+  - waiting (pending or scanned) and polled no earlier than the interval allows: it records the
+    poll (the same check and bookkeeping as ``Tickets.note_poll``) and the answer is
+    ``authorization_pending``; or
+  - approved, with the PKCE verifier that matches its challenge if it has one, and no
+    ``resource`` asked for: the tokens are made by the builders every grant uses
+    (``oauth.new_access_token``, ``openid.id_token``, ``oauth.token_row``), signed before
+    anything is written, and ``Tickets.redeem_with_token`` redeems the ticket and writes the
+    token row in one transaction, as ``QRTicketGrant.create_token_response`` does. The audit
+    log gets its ``ticket.redeemed`` line.
 
-Anything else (too early, approved, denied, expired, unknown, a wrong secret, a database error)
-goes on to Flask with the body restored, where the same rules give ``slow_down``, tokens or the
-error. The answer is the bytes and headers Flask gives for ``authorization_pending``
-(tests/test_token_poll.py compares them), and the access log gets its line.
+Anything else (too early, denied, expired, unknown, a wrong secret or verifier, a ticket
+another request redeemed first, a database error) goes on to Flask with the body restored, where
+the same rules give ``slow_down``, tokens or the error. The answers are the bytes and headers
+Flask gives (tests/test_token_poll.py compares both paths: the pending answer byte for byte, the
+token response member by member and claim by claim), and the access log gets its line, marked
+``fast``.
 """
 
 from __future__ import annotations
@@ -37,13 +48,21 @@ import threading
 import time
 from urllib.parse import unquote
 
-from authlib.oauth2.rfc6749 import InvalidRequestError
+from types import SimpleNamespace
 
+from authlib.oauth2.rfc6749 import InvalidRequestError
+from authlib.oauth2.rfc6749.util import scope_to_list
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from authlib.oidc.core.grants.util import is_openid_scope
+
+from grants.openid import id_token
 from grants.tickets import Tickets
 
+from .audit import audit
 from .body import _form
 from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE
-from .security import digest, secret_matches
+from .oauth import new_access_token, token_row
+from .security import constant_equals, digest, secret_matches
 
 access_log = logging.getLogger("qr_oidc.access")
 log = logging.getLogger("qr_oidc.fastpoll")
@@ -80,10 +99,11 @@ class ClientCache:
 
 
 class FastPoll:
-    def __init__(self, app, tickets: Tickets, secure: bool):
+    def __init__(self, app, parts, secure: bool):
         self.app = app
-        self.tickets = tickets
-        self.clients = ClientCache(tickets)
+        self.parts = parts
+        self.tickets: Tickets = parts.tickets
+        self.clients = ClientCache(self.tickets)
         self._warned = 0.0
         body = json.dumps(PENDING).encode()
         self.body = body
@@ -114,7 +134,7 @@ class FastPoll:
         environ["wsgi.input"] = io.BytesIO(raw)  # the full path reads it again if it must
         environ["CONTENT_LENGTH"] = str(len(raw))
         try:
-            answered = self._pending(raw, environ.get("HTTP_AUTHORIZATION"))
+            answered = self._answer(raw, environ)
         except InvalidRequestError:  # a body the full path refuses, with its reason
             answered = False
         except Exception as exc:  # noqa: BLE001 - the full path answers; say it once a minute
@@ -126,14 +146,20 @@ class FastPoll:
                             type(exc).__name__)
         if not answered:
             return self.app(environ, start_response)
-        start_response("400 BAD REQUEST", list(self.headers))
+        if answered is True:
+            status, body, headers = 400, self.body, list(self.headers)
+        else:
+            status, body = 200, answered
+            headers = [(k, str(len(body)) if k == "Content-Length" else v) for k, v in self.headers]
+        start_response("200 OK" if status == 200 else "400 BAD REQUEST", headers)
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s %s %s %.1fms", "POST", "/token", 400,
+            access_log.info("%s %s %s %.1fms fast", "POST", "/token", status,
                             (time.perf_counter() - started) * 1000)
-        return [self.body]
+        return [body]
 
-    def _pending(self, raw: bytes, authorization: str | None) -> bool:
-        """True when this poll was on time for a waiting ticket (and is now recorded)."""
+    def _answer(self, raw: bytes, environ) -> bool | bytes:
+        """True when this poll was on time for a waiting ticket (and is now recorded); the
+        token response's body when it redeemed an approved ticket; False otherwise."""
         params = _form(raw)
         grant_type = params.get("grant_type")
         name = CREDENTIAL.get(grant_type)
@@ -142,13 +168,58 @@ class FastPoll:
         credential = params.get(name) or ""
         if not credential or len(credential) > 200:
             return False
-        client_id = self._client(params, authorization, grant_type)
-        if client_id is None:
+        client = self._client(params, environ.get("HTTP_AUTHORIZATION"), grant_type)
+        if client is None:
             return False
-        return self.tickets.poll_on_time(digest(credential), client_id, time.time())
+        client_id, row = client
+        at = time.time()
+        found = self.tickets.fast_poll(digest(credential), client_id, at)
+        if found is True or found is None:
+            return bool(found)
+        return self._issue(params, grant_type, client_id, row, found, at, environ)
 
-    def _client(self, params, authorization, grant_type) -> str | None:
-        """The authenticated client's id, in the shapes described above; None otherwise."""
+    def _issue(self, params, grant_type, client_id, client, ticket, at, environ):
+        """An approved ticket: the token response, made as the full path makes it.
+
+        The same checks (``QRTicketGrant.validate_token_request``: this client's, approved,
+        unexpired, the PKCE verifier), the same builders (``new_access_token``, ``id_token``,
+        ``token_row``), signing before the write, and the redeem and the token row in one
+        transaction. A ``resource`` (RFC 8707), a missing or wrong verifier, a ticket redeemed
+        meanwhile: the full path answers, with its error.
+        """
+        if "resource" in params:
+            return False
+        if ticket["code_challenge"]:
+            verifier = params.get("code_verifier")
+            if not verifier or not constant_equals(create_s256_code_challenge(verifier),
+                                                   ticket["code_challenge"]):
+                return False
+        settings, keys = self.parts.settings, self.parts.keys
+        scope = ticket["scope"]
+        _secret, _public, grant_types, id_token_alg = client
+        token, pending = new_access_token(
+            settings, keys, grant_type=grant_type, client_id=client_id, sub=ticket["sub"],
+            scope=scope, refresh="refresh_token" in grant_types
+            and "offline_access" in (scope_to_list(scope) or []))
+        auth_time = int(ticket["decided_at"]) if ticket["decided_at"] else None
+        if is_openid_scope(token["scope"]):  # as Authlib's OpenIDToken.process_token
+            token["id_token"] = id_token(
+                settings, keys, client_id=client_id, alg=id_token_alg,
+                user=SimpleNamespace(**ticket), scope=token["scope"],
+                access_token=token["access_token"], nonce=ticket["nonce"], auth_time=auth_time,
+                amr=["qr"])
+        row = token_row(settings, pending, client_id=client_id, user_id=ticket["user_id"],
+                        scope=token["scope"], family_id=None, auth_time=auth_time, amr="qr")
+        if not self.tickets.redeem_with_token(ticket["id"], at, row):
+            return False
+        audit("ticket.redeemed", ip=environ.get("REMOTE_ADDR"),
+              user_agent=(environ.get("HTTP_USER_AGENT") or "")[:200] or None,
+              ticket=ticket["id"], client_id=client_id, user_id=ticket["user_id"])
+        return json.dumps(token).encode()
+
+    def _client(self, params, authorization, grant_type) -> tuple[str, tuple] | None:
+        """The authenticated client's id and cached row, in the shapes described above; None
+        otherwise."""
         secret = params.get("client_secret")
         if authorization is not None:
             if secret is not None or "client_id" in params:
@@ -171,11 +242,11 @@ class FastPoll:
         row = self.clients.get(client_id)
         if row is None:
             return None
-        secret_hash, public, grant_types = row
+        secret_hash, public, grant_types, _alg = row
         if grant_type not in grant_types:
             return None
         if public:
-            return client_id if secret is None and authorization is None else None
+            return (client_id, row) if secret is None and authorization is None else None
         if not secret or not secret_hash:
             return None
-        return client_id if secret_matches(secret, secret_hash) else None
+        return (client_id, row) if secret_matches(secret, secret_hash) else None

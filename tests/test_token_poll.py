@@ -6,10 +6,13 @@ test_tickets.py against a server with short-lived tickets.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import secrets
 import time
 
+import jwt
 import pytest
 import requests
 from helpers import QR_GRANT, approved_ticket, pkce
@@ -276,6 +279,17 @@ def _last_poll_at(provider, ticket: dict):
     return provider.db("SELECT last_poll_at FROM tickets WHERE ticket_hash = ?", digest)[0][0]
 
 
+def _authenticate(client: dict, shape: str, data: dict):
+    """Add the client's credentials to ``data`` in ``shape``; returns the Basic auth, if any."""
+    if shape == "client_secret_basic":
+        return (client["client_id"], client["client_secret"])
+    if shape == "client_secret_post":
+        data.update(client_id=client["client_id"], client_secret=client["client_secret"])
+    else:
+        data["client_id"] = client["client_id"]
+    return None
+
+
 @pytest.mark.parametrize("shape", ["client_secret_basic", "client_secret_post", "none"])
 def test_a_pending_poll_gets_the_same_answer_on_the_fast_and_the_full_path(
         provider, web_client, public_client, shape):
@@ -289,13 +303,7 @@ def test_a_pending_poll_gets_the_same_answer_on_the_fast_and_the_full_path(
                                              "code_challenge_method": "S256"}
                                             if shape == "none" else {}))
         data = {"grant_type": QR_GRANT, "ticket": ticket["ticket"]}
-        auth = None
-        if shape == "client_secret_basic":
-            auth = (client["client_id"], client["client_secret"])
-        elif shape == "client_secret_post":
-            data.update(client_id=client["client_id"], client_secret=client["client_secret"])
-        else:
-            data["client_id"] = client["client_id"]
+        auth = _authenticate(client, shape, data)
         assert _last_poll_at(provider, ticket) is None
         before = time.time()
         if as_json:
@@ -344,3 +352,158 @@ def test_a_ticket_under_a_nameless_parameter_of_another_grant_is_no_poll(
         headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert_poll_error(response, 400, "invalid_request")
     assert _last_poll_at(provider, ticket) is None
+
+
+# -- the fast path also redeems an approved ticket, exactly as the full path does -----------------
+@pytest.fixture(scope="module")
+def rich_client(provider):
+    """Every grant (refresh tokens too), every scope, and ID tokens in ES256."""
+    return provider.create_client("--name", "Rich shop", "--id-token-alg", "ES256")
+
+
+def _access_lines(provider, marker: str) -> int:
+    return sum(1 for line in provider.log().splitlines()
+               if "qr_oidc.access POST /token 200 " in line and line.endswith(marker))
+
+
+def _wait_for_lines(provider, marker: str, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while _access_lines(provider, marker) < count:
+        assert time.monotonic() < deadline, f"no access line ending {marker!r}"
+        time.sleep(0.05)
+
+
+def _redeem(provider, client, phone, shape: str, as_json: bool):
+    verifier, challenge = pkce()
+    nonce = secrets.token_hex(8)
+    params = {"scope": "openid profile email offline_access", "nonce": nonce,
+              "code_challenge": challenge, "code_challenge_method": "S256"}
+    if shape == "none":
+        params["client_id"] = client["client_id"]
+    ticket = approved_ticket(provider, client, phone, **params)
+    data = {"grant_type": QR_GRANT, "ticket": ticket["ticket"], "code_verifier": verifier}
+    auth = _authenticate(client, shape, data)
+    fast, full = _access_lines(provider, "fast"), _access_lines(provider, "ms")
+    body = {"json": data} if as_json else {"data": data}
+    response = requests.post(provider.url + "/token", auth=auth, timeout=30, **body)
+    assert response.status_code == 200, response.text
+    # a form takes the fast path (its access line ends "fast"), JSON always Flask's
+    _wait_for_lines(provider, "ms" if as_json else "fast", (full if as_json else fast) + 1)
+    assert _access_lines(provider, "fast") == fast + (not as_json)
+    return ticket, nonce, response
+
+
+@pytest.mark.parametrize("shape", ["client_secret_basic", "client_secret_post", "none"])
+def test_an_approved_ticket_gets_the_same_tokens_on_the_fast_and_the_full_path(
+        provider, rich_client, public_client, alice_phone, shape):
+    """Same members in the same order, same headers, the same claims in both JWTs (but for
+    times, ids and hashes), the same token row, an audit line each, and tokens that work."""
+    from test_e2e import verify_with_jwks
+
+    client = public_client if shape == "none" else rich_client
+    since = time.time()
+    answers = []
+    for as_json in (False, True):
+        ticket, nonce, response = _redeem(provider, client, alice_phone, shape, as_json)
+        tokens = response.json()
+        headers = {k.lower(): v for k, v in response.headers.items()
+                   if k.lower() not in ("date", "content-length")}
+        access = verify_with_jwks(provider, tokens["access_token"], provider.url, "at+jwt")
+        id_claims = verify_with_jwks(provider, tokens["id_token"], client["client_id"])
+        id_header = jwt.get_unverified_header(tokens["id_token"])
+        assert id_claims["nonce"] == nonce
+        assert abs(id_claims["auth_time"] - time.time()) < 30
+        digest = hashlib.new("sha256" if id_header["alg"] != "EdDSA" else "sha512",
+                             tokens["access_token"].encode()).digest()
+        half = base64.urlsafe_b64encode(digest[:len(digest) // 2]).rstrip(b"=").decode()
+        assert id_claims["at_hash"] == half
+        assert access["exp"] - access["iat"] == tokens["expires_in"]
+        row = provider.db(
+            "SELECT client_id, user_id, grant_type, scope, revoked, refresh_token_hash, amr,"
+            " expires_at - issued_at, refresh_expires_at - issued_at, auth_time, family_id"
+            " FROM tokens WHERE jti = ?", access["jti"])
+        assert len(row) == 1, row
+        (client_id, user_id, grant_type, scope, revoked, refresh_hash, amr, ttl, refresh_ttl,
+         auth_time, family) = row[0]
+        assert refresh_hash == hashlib.sha256(tokens["refresh_token"].encode()).hexdigest()
+        assert int(auth_time) == id_claims["auth_time"] and family
+        assert abs(ttl - tokens["expires_in"]) < 1.5  # (iat is whole seconds, issued_at not)
+        ticket_hash = hashlib.sha256(ticket["ticket"].encode()).hexdigest()
+        assert provider.db("SELECT status FROM tickets WHERE ticket_hash = ?",
+                           ticket_hash) == [("redeemed",)]
+        # the tokens work: the access token at userinfo, the refresh token at /token
+        info = requests.get(provider.url + "/userinfo", timeout=30,
+                            headers={"Authorization": f"Bearer {tokens['access_token']}"})
+        assert info.status_code == 200 and info.json()["sub"] == access["sub"], info.text
+        refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+        if shape == "none":
+            refresh["client_id"] = client["client_id"]
+        again = requests.post(provider.url + "/token", data=refresh, timeout=30,
+                              auth=None if shape == "none" else (client["client_id"],
+                                                                 client["client_secret"]))
+        assert again.status_code == 200, again.text
+        answers.append({
+            "status": response.status_code, "headers": headers, "members": list(tokens),
+            "shape": {k: v for k, v in tokens.items()
+                      if k in ("token_type", "expires_in", "scope")},
+            "access": (jwt.get_unverified_header(tokens["access_token"]),
+                       {k: v for k, v in access.items() if k not in ("iat", "exp", "jti")}),
+            "id": (id_header, sorted(id_claims),
+                   {k: v for k, v in id_claims.items()
+                    if k not in ("iat", "exp", "at_hash", "nonce", "auth_time")}),
+            "row": (client_id, user_id, grant_type, scope, bool(revoked), amr),
+            "refresh_ttl": refresh_ttl,
+        })
+    assert abs(answers[0].pop("refresh_ttl") - answers[1].pop("refresh_ttl")) < 1.5
+    assert answers[0] == answers[1]
+    assert answers[0]["members"] == ["access_token", "token_type", "expires_in", "scope",
+                                     "refresh_token", "id_token"]
+    assert answers[0]["id"][0]["alg"] == ("RS256" if shape == "none" else "ES256")
+    assert answers[0]["row"][:3] == (client["client_id"], answers[0]["row"][1], QR_GRANT)
+
+    deadline = time.monotonic() + 10
+    while True:
+        redeemed = [e for e in _audit(provider, since) if e["event"] == "ticket.redeemed"
+                    and e["client_id"] == client["client_id"]]
+        if len(redeemed) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(redeemed) == 2, redeemed
+    for event in redeemed:
+        assert event["ip"] == "127.0.0.1", event
+        assert event["user_agent"].startswith("python-requests"), event
+        assert isinstance(event["user_id"], int), event
+    assert redeemed[0]["ticket"] != redeemed[1]["ticket"]
+    assert {k for k in redeemed[0]} == {k for k in redeemed[1]}
+
+
+def _audit(provider, since: float) -> list[dict]:
+    return [record for record in (json.loads(line) for line in provider.log().splitlines()
+                                  if line.startswith("{"))
+            if record["ts"] >= since]
+
+
+def test_the_fast_path_leaves_a_ticket_with_a_wrong_verifier_to_the_full_path(
+        provider, public_client, alice_phone):
+    """A wrong verifier is the full path's invalid_grant, and costs the ticket nothing; a
+    resource indicator also goes to the full path (it becomes the access token's audience)."""
+    from test_e2e import verify_with_jwks
+
+    verifier, challenge = pkce()
+    ticket = approved_ticket(provider, public_client, alice_phone,
+                             client_id=public_client["client_id"], code_challenge=challenge,
+                             code_challenge_method="S256")
+    data = {"grant_type": QR_GRANT, "ticket": ticket["ticket"],
+            "client_id": public_client["client_id"]}
+    fast = _access_lines(provider, "fast")
+    assert_poll_error(post_token(provider, {**data, "code_verifier": pkce()[0]}), 400,
+                      "invalid_grant")
+    assert_poll_error(post_token(provider, data), 400, "invalid_request")
+    response = post_token(provider, {**data, "code_verifier": verifier,
+                                     "resource": "https://api.example/orders"})
+    assert response.status_code == 200, response.text
+    access = verify_with_jwks(provider, response.json()["access_token"],
+                              "https://api.example/orders", "at+jwt")
+    assert access["client_id"] == public_client["client_id"]
+    time.sleep(0.5)  # the access log is written by a thread
+    assert _access_lines(provider, "fast") == fast
