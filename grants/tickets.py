@@ -59,16 +59,7 @@ class NewTicket:
     user_code: str
 
 
-# the fast path's statements (Tickets._SQL), in parts that two of them share
-_POLL = ("UPDATE tickets SET last_poll_at = :at"
-         " WHERE ticket_hash = :h AND client_id = :c AND kind <> 'authorize'"
-         " AND status IN ('pending', 'scanned') AND expires_at > :at"
-         " AND (last_poll_at IS NULL OR last_poll_at + poll_interval * 0.8 <= :at)")
-_APPROVED_COLUMNS = ("t.id, t.user_id, t.scope, t.nonce, t.decided_at, t.code_challenge,"
-                     " u.sub, u.username, u.name, u.email, u.picture")
-_APPROVED_FROM = "tickets t JOIN users u ON u.id = t.user_id"
-_APPROVED_WHERE = ("t.ticket_hash = :h AND t.client_id = :c AND t.kind <> 'authorize'"
-                   " AND t.status = 'approved' AND t.expires_at > :at")
+# the token row the fast path writes (Tickets._SQL), as Token(**oauth.token_row(...))
 _TOKEN_COLUMNS = ("jti", "client_id", "user_id", "grant_type", "scope", "issued_at", "expires_at",
                   "revoked", "refresh_token_hash", "refresh_expires_at", "family_id", "auth_time",
                   "amr")
@@ -93,7 +84,7 @@ def _cursor(engine):
         cursor = connection.cursor()
         yield cursor
         cursor.close()
-    except Exception:
+    except BaseException:  # (also a worker's timeout: never pool a connection mid-transaction)
         connection.invalidate()
         raise
     finally:
@@ -246,24 +237,20 @@ class Tickets:
         - None: neither, and nothing is changed; the caller takes the full path, whose rules
           decide what else to answer.
 
-        On PostgreSQL both are one statement and one round trip. (An exception usually changes
-        nothing either; only if the database committed and the connection died before its reply
+        (An exception usually changes nothing either; only if the database committed and the connection died before its reply
         was the poll recorded, and the full path then answers ``slow_down`` once.)"""
         engine = self.db.autocommit_engine
         if engine is None:
             return None
         params = {"h": ticket_hash, "c": client_id, "at": at}
-        if self.db.is_sqlite:  # in-process: two statements on one connection cost little
-            found = self._raw(engine, ("poll", "approved"), params, until_rowcount=1)
-            if found.rowcount == 1:
+        style = engine.dialect.paramstyle
+        with _cursor(engine) as cursor:
+            cursor.execute(_statement("poll", style), params)
+            if cursor.rowcount == 1:
                 return True
-        else:
-            found = self._raw(engine, ("poll_or_approved",), params)
-            polled, *row = found.fetchone()
-            if polled:
-                return True
-            found.rows = [row] if row[0] is not None else []
-        row = found.fetchone()
+            # only now, on the same connection: a waiting ticket's poll stays one statement
+            cursor.execute(_statement("approved", style), params)
+            row = cursor.fetchone()
         return dict(zip(self._APPROVED, row)) if row is not None else None
 
     def client_for_poll(self, client_id: str):
@@ -280,37 +267,42 @@ class Tickets:
             grant_types = json.loads(grant_types)
         return secret_hash, bool(public), frozenset(grant_types or ()), id_token_alg
 
-    def redeem_with_token(self, ticket_id: str, at: float, token: dict) -> bool:
+    def redeem_with_token(self, ticket_id: str, token: dict) -> bool:
         """The fast path's issuance, step 2: approved -> redeemed and the token row, in one
         transaction, as ``redeem`` and ``save_token`` do on the full path. False when another
-        request redeemed it first (or it expired meanwhile): nothing is written."""
+        request redeemed it first (or it expired meanwhile): nothing is written. The time is
+        read when the transaction starts (after the signatures, and on SQLite after the write
+        lock), as the full path reads it."""
         engine = self.db.autocommit_engine
-        params = dict(token, id=ticket_id, at=at)
         if not self.db.is_sqlite:  # one statement, so one transaction and one round trip
+            params = dict(token, id=ticket_id, at=now())
             return self._raw(engine, "redeem_with_token", params).rowcount == 1
         with self.db.write_lock(), _cursor(engine) as cursor:
             cursor.execute("BEGIN IMMEDIATE")
             try:
+                params = dict(token, id=ticket_id, at=now())
                 cursor.execute(_statement("redeem", "named"), params)
                 done = cursor.rowcount == 1
                 if done:
                     cursor.execute(_statement("token_row", "named"), params)
                 cursor.execute("COMMIT" if done else "ROLLBACK")
-            except Exception:
+            except BaseException:
                 cursor.execute("ROLLBACK")
                 raise
         return done
 
     _SQL = {
-        "poll": _POLL,
+        "poll": "UPDATE tickets SET last_poll_at = :at"
+                " WHERE ticket_hash = :h AND client_id = :c AND kind <> 'authorize'"
+                " AND status IN ('pending', 'scanned') AND expires_at > :at"
+                " AND (last_poll_at IS NULL OR last_poll_at + poll_interval * 0.8 <= :at)",
         "client": "SELECT secret_hash, public, grant_types, id_token_signed_response_alg"
                   " FROM clients WHERE client_id = :c",
-        "approved": "SELECT " + _APPROVED_COLUMNS + " FROM " + _APPROVED_FROM + " WHERE "
-                    + _APPROVED_WHERE,
-        "poll_or_approved": "WITH polled AS (" + _POLL + " RETURNING 1) SELECT"
-                            " (SELECT count(*) FROM polled), " + _APPROVED_COLUMNS
-                            + " FROM (SELECT 1) AS one LEFT JOIN (" + _APPROVED_FROM
-                            + ") ON " + _APPROVED_WHERE,
+        "approved": "SELECT t.id, t.user_id, t.scope, t.nonce, t.decided_at, t.code_challenge,"
+                    " u.sub, u.username, u.name, u.email, u.picture"
+                    " FROM tickets t JOIN users u ON u.id = t.user_id"
+                    " WHERE t.ticket_hash = :h AND t.client_id = :c AND t.kind <> 'authorize'"
+                    " AND t.status = 'approved' AND t.expires_at > :at",
         "redeem": "UPDATE tickets SET status = 'redeemed', redeemed_at = :at"
                   " WHERE id = :id AND status = 'approved' AND expires_at > :at",
         "token_row": _TOKEN_INSERT + " VALUES " + _TOKEN_VALUES,
@@ -323,16 +315,11 @@ class Tickets:
     _APPROVED = ("id", "user_id", "scope", "nonce", "decided_at", "code_challenge",
                  "sub", "username", "name", "email", "picture")
 
-    def _raw(self, engine, names, params: dict, until_rowcount: int | None = None) -> _Spent:
-        """Run ``_SQL[name]`` (or several, in turn, until one's row count is ``until_rowcount``)
-        on a pooled DBAPI connection; returns the last spent cursor's results."""
+    def _raw(self, engine, name: str, params: dict) -> _Spent:
+        """Run ``_SQL[name]`` on a pooled DBAPI connection; returns the spent cursor's results."""
         with _cursor(engine) as cursor:
-            for name in (names,) if isinstance(names, str) else names:
-                cursor.execute(_statement(name, engine.dialect.paramstyle), params)
-                result = _Spent(cursor.rowcount, cursor.fetchall() if cursor.description else [])
-                if result.rowcount == until_rowcount:
-                    break
-        return result
+            cursor.execute(_statement(name, engine.dialect.paramstyle), params)
+            return _Spent(cursor.rowcount, cursor.fetchall() if cursor.description else [])
 
     def redeem(self, row: Ticket, at: float) -> bool:
         """approved -> redeemed, once. Not committed here: the caller commits it with the tokens."""

@@ -210,7 +210,7 @@ class FastPoll:
                 amr=["qr"])
         row = token_row(settings, pending, client_id=client_id, user_id=ticket["user_id"],
                         scope=token["scope"], family_id=None, auth_time=auth_time, amr="qr")
-        if not self.tickets.redeem_with_token(ticket["id"], at, row):
+        if not self.tickets.redeem_with_token(ticket["id"], row):
             return False
         audit("ticket.redeemed", ip=environ.get("REMOTE_ADDR"),
               user_agent=(environ.get("HTTP_USER_AGENT") or "")[:200] or None,
