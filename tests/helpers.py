@@ -199,9 +199,11 @@ class Provider:
         assert response.status_code == 201, response.text
         return response.json()
 
-    def poll(self, client: dict, ticket: str, **extra) -> requests.Response:
+    def poll(self, client: dict, ticket: str, as_json: bool = False, **extra) -> requests.Response:
+        """A token poll; as a form (which the fast path may answer) or as JSON (always Flask)."""
         data = {"grant_type": QR_GRANT, "ticket": ticket, **extra}
-        return requests.post(self.url + "/token", data=data, auth=_auth(client), timeout=30)
+        body = {"json": data} if as_json else {"data": data}
+        return requests.post(self.url + "/token", auth=_auth(client), timeout=30, **body)
 
     def status(self, ticket: str, **extra) -> requests.Response:
         return requests.post(self.url + "/qr/status", data={"ticket": ticket, **extra}, timeout=60)

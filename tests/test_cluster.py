@@ -60,13 +60,15 @@ def test_concurrent_polls_across_instances_give_exactly_one_token_response(clust
         barrier = threading.Barrier(24)
         results, lock = [], threading.Lock()
 
-        def poll(server):
+        def poll(server, as_json):
             barrier.wait()
-            response = server.poll(web, ticket["ticket"])
+            response = server.poll(web, ticket["ticket"], as_json=as_json)
             with lock:
                 results.append(response)
 
-        threads = [threading.Thread(target=poll, args=(a if i % 2 else b,)) for i in range(24)]
+        # both instances, and on each both paths (forms: fast; JSON: Flask's)
+        threads = [threading.Thread(target=poll, args=(a if i % 2 else b, i % 4 >= 2))
+                   for i in range(24)]
         for thread in threads:
             thread.start()
         for thread in threads:
