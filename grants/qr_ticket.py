@@ -73,7 +73,7 @@ class QRTicketGrant(BaseGrant, TokenEndpointMixin):
             verifier = self.request.payload.data.get("code_verifier")
             if not verifier:
                 raise InvalidRequestError("Missing 'code_verifier'.")
-            if not constant_equals(create_s256_code_challenge(verifier), ticket.code_challenge):
+            if not verifier_matches(verifier, ticket.code_challenge):
                 raise InvalidGrantError("The code_verifier does not match the code_challenge.")
 
         self.request.client = client
@@ -108,6 +108,11 @@ class QRTicketGrant(BaseGrant, TokenEndpointMixin):
                 db.session.rollback()
                 raise TokensNotSaved() from None
         return response
+
+
+def verifier_matches(verifier: str, challenge: str) -> bool:
+    """PKCE S256 (RFC 7636 §4.6), compared in constant time; also the fast path's check."""
+    return constant_equals(create_s256_code_challenge(verifier), challenge)
 
 
 class TokensNotSaved(OAuth2Error):

@@ -59,7 +59,9 @@ class NewTicket:
     user_code: str
 
 
-# the token row the fast path writes (Tickets._SQL), as Token(**oauth.token_row(...))
+# the fast path's redeem and the token row it writes (Tickets._SQL), as Token(**oauth.token_row())
+_REDEEM = ("UPDATE tickets SET status = 'redeemed', redeemed_at = :at"
+           " WHERE id = :id AND status = 'approved' AND expires_at > :at")
 _TOKEN_COLUMNS = ("jti", "client_id", "user_id", "grant_type", "scope", "issued_at", "expires_at",
                   "revoked", "refresh_token_hash", "refresh_expires_at", "family_id", "auth_time",
                   "amr")
@@ -237,8 +239,9 @@ class Tickets:
         - None: neither, and nothing is changed; the caller takes the full path, whose rules
           decide what else to answer.
 
-        (An exception usually changes nothing either; only if the database committed and the connection died before its reply
-        was the poll recorded, and the full path then answers ``slow_down`` once.)"""
+        (An exception usually changes nothing either; only if the database committed and the
+        connection died before its reply was the poll recorded, and the full path then answers
+        ``slow_down`` once.)"""
         engine = self.db.autocommit_engine
         if engine is None:
             return None
@@ -303,12 +306,9 @@ class Tickets:
                     " FROM tickets t JOIN users u ON u.id = t.user_id"
                     " WHERE t.ticket_hash = :h AND t.client_id = :c AND t.kind <> 'authorize'"
                     " AND t.status = 'approved' AND t.expires_at > :at",
-        "redeem": "UPDATE tickets SET status = 'redeemed', redeemed_at = :at"
-                  " WHERE id = :id AND status = 'approved' AND expires_at > :at",
+        "redeem": _REDEEM,
         "token_row": _TOKEN_INSERT + " VALUES " + _TOKEN_VALUES,
-        "redeem_with_token": "WITH redeemed AS (UPDATE tickets SET status = 'redeemed',"
-                             " redeemed_at = :at WHERE id = :id AND status = 'approved'"
-                             " AND expires_at > :at RETURNING id) "
+        "redeem_with_token": "WITH redeemed AS (" + _REDEEM + " RETURNING id) "
                              + _TOKEN_INSERT + " SELECT " + _TOKEN_VALUES[1:-1]
                              + " FROM redeemed",
     }

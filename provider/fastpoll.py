@@ -52,17 +52,17 @@ from types import SimpleNamespace
 
 from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oauth2.rfc6749.util import scope_to_list
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from authlib.oidc.core.grants.util import is_openid_scope
 
 from grants.openid import id_token
+from grants.qr_ticket import verifier_matches
 from grants.tickets import Tickets
 
 from .audit import audit
 from .body import _form
 from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE
 from .oauth import new_access_token, token_row
-from .security import constant_equals, digest, secret_matches
+from .security import digest, secret_matches
 
 access_log = logging.getLogger("qr_oidc.access")
 log = logging.getLogger("qr_oidc.fastpoll")
@@ -176,9 +176,9 @@ class FastPoll:
         found = self.tickets.fast_poll(digest(credential), client_id, at)
         if found is True or found is None:
             return bool(found)
-        return self._issue(params, grant_type, client_id, row, found, at, environ)
+        return self._issue(params, grant_type, client_id, row, found, environ)
 
-    def _issue(self, params, grant_type, client_id, client, ticket, at, environ):
+    def _issue(self, params, grant_type, client_id, client, ticket, environ):
         """An approved ticket: the token response, made as the full path makes it.
 
         The same checks (``QRTicketGrant.validate_token_request``: this client's, approved,
@@ -191,8 +191,7 @@ class FastPoll:
             return False
         if ticket["code_challenge"]:
             verifier = params.get("code_verifier")
-            if not verifier or not constant_equals(create_s256_code_challenge(verifier),
-                                                   ticket["code_challenge"]):
+            if not verifier or not verifier_matches(verifier, ticket["code_challenge"]):
                 return False
         settings, keys = self.parts.settings, self.parts.keys
         scope = ticket["scope"]
