@@ -1,11 +1,12 @@
 """The benchmark still runs: ``python -m bench --quick`` end to end, on SQLite and PostgreSQL,
-and its JSON carries every figure for every database. No timing is asserted: benchmarks are not
+and its JSON carries every figure for every database; so does ``python -m bench.cpu --quick``. No timing is asserted: benchmarks are not
 tests (docs/performance.md has the figures)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +17,20 @@ sys.path.insert(0, str(ROOT))
 from bench.report import FIGURES, TARGETS
 
 
-def test_quick_benchmark_runs_and_reports_every_figure(tmp_path):
-    databases = ["sqlite", "postgresql"]  # the suite needs PostgreSQL anyway (.ci/run starts it)
-    out = tmp_path / "bench.json"
+def _quick(module: str, out: Path):
+    """``python -m <module> --quick --db both --json out``: the finished process and the JSON."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--db", "both", "--json", str(out)],
+        [sys.executable, "-m", module, "--quick", "--db", "both", "--json", str(out)],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    results = json.loads(out.read_text())
+    return result, json.loads(out.read_text())
+
+
+def test_quick_benchmark_runs_and_reports_every_figure(tmp_path):
+    databases = ["sqlite", "postgresql"]  # the suite needs PostgreSQL anyway (.ci/run starts it)
+    result, results = _quick("bench", tmp_path / "bench.json")
 
     assert set(results["databases"]) == set(databases)
     for db in databases:
@@ -47,3 +52,24 @@ def test_quick_benchmark_runs_and_reports_every_figure(tmp_path):
         assert f"[{db}]" in result.stdout
     for name, *_ in TARGETS:
         assert name in result.stdout
+
+
+def test_quick_cpu_accounting_runs_and_reports_both_sides(tmp_path):
+    """``python -m bench.cpu --quick``: the in-process costs and the CPU read from /proc under
+    load come out for both databases, and the workloads were what they claim (each run answered
+    requests, CPU was seen being used by the server). No timing is asserted."""
+    result, results = _quick("bench.cpu", tmp_path / "cpu.json")
+    assert set(results) == {"sqlite", "postgresql"}
+    for db, figures in results.items():
+        inproc = figures["in_process"]
+        for key in ("issue_ms", "issue_cpu_ms", "poll_ms", "poll_cpu_ms", "sign_pair_ms"):
+            assert math.isfinite(inproc[key]) and inproc[key] > 0, (db, key)
+        for workload in ("bare", "poll", "issue"):
+            run = figures["under_load"][workload]
+            assert run["rate"] > 0, (db, workload)
+            assert run["server_ms_per_request"] > 0, (db, workload)
+            assert 0 < run["machine_busy_cores"] <= (os.cpu_count() or 1) + 0.5, (db, workload)
+        # PostgreSQL's own processes are counted on PostgreSQL, and only there
+        pg_ms = figures["under_load"]["issue"]["database_ms_per_request"]
+        assert (pg_ms > 0) if db == "postgresql" else (pg_ms == 0), (db, pg_ms)
+        assert f"[{db}]" in result.stdout
