@@ -111,7 +111,12 @@ class QRTicketGrant(BaseGrant, TokenEndpointMixin):
 
 
 def verifier_matches(verifier: str, challenge: str) -> bool:
-    """PKCE S256 (RFC 7636 §4.6), compared in constant time; also the fast path's check."""
+    """PKCE S256 (RFC 7636 §4.6), compared in constant time; also the fast path's check.
+
+    A verifier is ASCII by definition (§4.1); any other cannot match, and must not reach the
+    hash, which encodes it as ASCII (a 500 before this check)."""
+    if not verifier.isascii():
+        return False
     return constant_equals(create_s256_code_challenge(verifier), challenge)
 
 

@@ -227,6 +227,24 @@ def test_a_wrong_code_verifier_is_invalid_grant_and_does_not_use_the_ticket_up(
     assert right.status_code == 200, right.text
 
 
+@pytest.mark.parametrize("as_json", [False, True], ids=["form (fast path first)", "JSON (full path)"])
+def test_a_non_ascii_code_verifier_is_invalid_grant_not_a_server_error(
+        provider, public_client, alice_phone, as_json):
+    """Found by schemathesis: a verifier outside ASCII reached the S256 hash (which encodes ASCII)
+    and answered 500 on an approved ticket. It is a wrong verifier: invalid_grant, and the ticket
+    is still there for the right one."""
+    verifier, challenge = pkce()
+    cid = {"client_id": public_client["client_id"]}
+    ticket = approved_ticket(provider, public_client, alice_phone, code_challenge=challenge,
+                             code_challenge_method="S256", **cid)
+    for wrong in ("\u0094\U000f3f47\u00e6", "é" * 43, verifier[:-1] + "é"):
+        assert_poll_error(provider.poll(public_client, ticket["ticket"], as_json=as_json,
+                                        code_verifier=wrong, **cid), 400, "invalid_grant")
+    right = provider.poll(public_client, ticket["ticket"], as_json=as_json,
+                          code_verifier=verifier, **cid)
+    assert right.status_code == 200, right.text
+
+
 # -- the interval ---------------------------------------------------------------------------------
 def test_the_first_poll_is_never_slow_down(provider, web_client):
     for _ in range(3):  # three fresh tickets polled back to back: each one's first poll
