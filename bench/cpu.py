@@ -32,7 +32,6 @@ import time
 from . import data, load, servers, signing
 
 TICK = os.sysconf("SC_CLK_TCK")
-PENDING = b'{"error": "authorization_pending", "error_description": "The user has not approved yet."}'
 
 
 def _cpu(pids) -> float:
@@ -120,10 +119,10 @@ def in_process(url: str, env: dict, issue_tickets: list[dict], poll_tickets: lis
         os.environ.clear()
         os.environ.update(saved)
     wsgi = app.wsgi_app
-    grant = "urn:qr-oidc:params:oauth:grant-type:qr-ticket"
+    from provider.models import QR_GRANT_TYPE
 
     def call(ticket: str) -> str:
-        body = f"grant_type={grant}&ticket={ticket}".encode()
+        body = f"grant_type={QR_GRANT_TYPE}&ticket={ticket}".encode()
         environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/token", "QUERY_STRING": "",
                    "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
                    "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
@@ -184,8 +183,10 @@ def run_db(db: str, a) -> dict:
     data.write_tickets(poll_file, data.insert_tickets(engine, client_id, 1000, "pending"))
     data.write_tickets(issue_file, data.insert_tickets(
         engine, client_id, (500 if a.quick else 3000) * a.seconds, "approved", user))
+    from provider.fastpoll import PENDING  # the body the real endpoint answers
+
     body = folder / "body.json"
-    body.write_bytes(PENDING)
+    body.write_text(json.dumps(PENDING))
     server = servers.Server("cpu", [servers.QR_OIDC, "serve"], env, folder, port,
                             "/.well-known/openid-configuration").start()
     bare = servers.Server("bare", [servers.PYTHON, "-m", "bench.bare", "--port", str(bare_port),

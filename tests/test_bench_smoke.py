@@ -1,6 +1,6 @@
-"""The benchmark still runs: ``python -m bench --quick`` end to end, on SQLite and PostgreSQL,
-and its JSON carries every figure for every database; so does ``python -m bench.cpu --quick``. No timing is asserted: benchmarks are not
-tests (docs/performance.md has the figures)."""
+"""The benchmarks still run: ``python -m bench --quick`` end to end, on SQLite and PostgreSQL,
+and its JSON carries every figure for every database; so does ``python -m bench.cpu --quick``.
+No timing is asserted: benchmarks are not tests (docs/performance.md has the figures)."""
 
 from __future__ import annotations
 
