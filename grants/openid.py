@@ -14,10 +14,7 @@ from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oidc.core.grants import OpenIDCode as _OpenIDCode
 from authlib.oidc.core.grants import OpenIDToken as _OpenIDToken
 from authlib.oidc.core.util import create_half_hash
-from sqlalchemy import select
-
 from keys.jws import sign_compact
-from provider.models import AuthorizationCode
 
 
 def user_claims(user, scope: str) -> dict:
@@ -92,10 +89,6 @@ class OpenIDCode(_IDTokenMixin, _OpenIDCode):
     """For the authorization code grant: also checks ``nonce`` and ``prompt`` at /authorize."""
 
     def exists_nonce(self, nonce, request):
-        session = self.parts.db.session
-        return session.scalar(
-            select(AuthorizationCode.code_hash).where(
-                AuthorizationCode.client_id == request.payload.client_id,
-                AuthorizationCode.nonce == nonce,
-            )
-        ) is not None
+        """No nonce is refused for having been seen: codes are sealed, not stored, and a nonce
+        protects the relying party, which checks the one it sent (OIDC Core §3.1.3.7)."""
+        return False

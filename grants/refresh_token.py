@@ -1,10 +1,12 @@
 """The refresh token grant: rotated on every use, reuse revokes the whole family.
 
 RFC 9700 §4.14.2: a refresh token is used once; the response carries a new one. Presenting a
-refresh token that was already rotated (or revoked) means it leaked: every token descended from
-the same original grant (the *family*) is revoked at once, the legitimate client's included.
-Rotation is a conditional UPDATE (``revoked = false -> true``) in the transaction that saves the
-new token, so two concurrent refreshes cannot both succeed.
+refresh token that was already rotated means it leaked: every token descended from the same
+original grant (the *family*) is revoked at once, the legitimate client's included, and the
+audit log says so. A refresh token that was revoked (RFC 7009, or with its family) is simply
+invalid: no alarm, since nothing leaked. Revoking an access token leaves its refresh token alone.
+Rotation is a conditional UPDATE (``refresh_status`` ``active -> rotated``) in the transaction
+that saves the new token, so two concurrent refreshes cannot both succeed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from authlib.oauth2.rfc6749 import InvalidGrantError, grants
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 
 from provider.models import Token, User, now
 from provider.security import digest
@@ -30,9 +32,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return None
         session = self.parts.db.session
         row = session.scalar(select(Token).where(Token.refresh_token_hash == digest(refresh_token)))
-        if row is None:
+        if row is None or row.refresh_status == "revoked":
             return None
-        if row.revoked:
+        if row.refresh_status == "rotated":
             revoke_family(session, row.family_id)
             session.commit()  # kept even though this request fails
             log.warning("refresh token reuse: family revoked client=%s", row.client_id)
@@ -47,8 +49,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     def revoke_old_credential(self, refresh_token):
         rotated = self.parts.db.session.execute(
             update(Token)
-            .where(Token.id == refresh_token.id, Token.revoked.is_(False))
-            .values(revoked=True)
+            .where(Token.id == refresh_token.id, Token.refresh_status == "active")
+            .values(refresh_status="rotated")
             .execution_options(synchronize_session=False)
         ).rowcount
         if not rotated:
@@ -56,8 +58,11 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
 
 def revoke_family(session, family_id: str | None) -> None:
+    """Revoke every access and refresh token of a family (not committed)."""
     if family_id:
         session.execute(
-            update(Token).where(Token.family_id == family_id).values(revoked=True)
+            update(Token).where(Token.family_id == family_id)
+            .values(revoked=True, refresh_status=case(
+                (Token.refresh_status.is_(None), None), else_="revoked"))
             .execution_options(synchronize_session=False)
         )

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -63,8 +65,8 @@ class NewTicket:
 _REDEEM = ("UPDATE tickets SET status = 'redeemed', redeemed_at = :at"
            " WHERE id = :id AND status = 'approved' AND expires_at > :at")
 _TOKEN_COLUMNS = ("jti", "client_id", "user_id", "grant_type", "scope", "issued_at", "expires_at",
-                  "revoked", "refresh_token_hash", "refresh_expires_at", "family_id", "auth_time",
-                  "amr")
+                  "revoked", "refresh_token_hash", "refresh_expires_at", "refresh_status",
+                  "family_id", "auth_time", "amr")
 _TOKEN_INSERT = f"INSERT INTO tokens ({', '.join(_TOKEN_COLUMNS)})"
 _TOKEN_VALUES = "(" + ", ".join(f":{name}" for name in _TOKEN_COLUMNS) + ")"
 
@@ -105,8 +107,11 @@ class _Spent:
 class Tickets:
     """Ticket storage and the state machine; one instance per app, sessions from ``db``."""
 
-    def __init__(self, db, settings: dict, notifier):
+    def __init__(self, db, settings: dict, notifier, secret: str = ""):
         self.db = db
+        # keys the number-matching choices of a ticket: nothing a browser holds derives them
+        self._binding_key = hmac.new(secret.encode(), b"qr-oidc binding choices",
+                                     hashlib.sha256).digest()
         self.ttl = int(settings["TICKET_TTL"])
         self.interval = int(settings["POLL_INTERVAL"])
         self.max_interval = int(settings["MAX_POLL_INTERVAL"])
@@ -160,7 +165,7 @@ class Tickets:
                 session.rollback()
                 continue
             audit("ticket.created", ticket=row.id, kind=kind, client_id=client.client_id,
-                  scope=scope)
+                  scope=scope, ip=requester_ip, user_agent=row.requester_ua)
             return NewTicket(row, ticket, scan_code, user_code)
         raise RuntimeError("could not draw a unique user code")
 
@@ -257,18 +262,19 @@ class Tickets:
         return dict(zip(self._APPROVED, row)) if row is not None else None
 
     def client_for_poll(self, client_id: str):
-        """(secret_hash, public, grant_types, id_token_alg) of a client, or None: what the fast
-        path's client authentication and issuance need."""
+        """(secret_hash, public, grant_types, id_token_alg, token_endpoint_auth_method) of a
+        client, or None: what the fast path's client authentication and issuance need."""
         engine = self.db.autocommit_engine
         if engine is None:
             return None
         row = self._raw(engine, "client", {"c": client_id}).fetchone()
         if row is None:
             return None
-        secret_hash, public, grant_types, id_token_alg = row
+        secret_hash, public, grant_types, id_token_alg, auth_method = row
         if isinstance(grant_types, str):
             grant_types = json.loads(grant_types)
-        return secret_hash, bool(public), frozenset(grant_types or ()), id_token_alg
+        return (secret_hash, bool(public), frozenset(grant_types or ()), id_token_alg,
+                auth_method)
 
     def redeem_with_token(self, ticket_id: str, token: dict) -> bool:
         """The fast path's issuance, step 2: approved -> redeemed and the token row, in one
@@ -299,8 +305,8 @@ class Tickets:
                 " WHERE ticket_hash = :h AND client_id = :c AND kind <> 'authorize'"
                 " AND status IN ('pending', 'scanned') AND expires_at > :at"
                 " AND (last_poll_at IS NULL OR last_poll_at + poll_interval * 0.8 <= :at)",
-        "client": "SELECT secret_hash, public, grant_types, id_token_signed_response_alg"
-                  " FROM clients WHERE client_id = :c",
+        "client": "SELECT secret_hash, public, grant_types, id_token_signed_response_alg,"
+                  " token_endpoint_auth_method FROM clients WHERE client_id = :c",
         "approved": "SELECT t.id, t.user_id, t.scope, t.nonce, t.decided_at, t.code_challenge,"
                     " u.sub, u.username, u.name, u.email, u.picture"
                     " FROM tickets t JOIN users u ON u.id = t.user_id"
@@ -429,7 +435,8 @@ class Tickets:
             "status": row.public_status(),
         }
         if row.binding_code is not None:
-            view["binding_choices"] = binding_choices(row.binding_code, row.id)
+            seed = hmac.new(self._binding_key, row.id.encode(), hashlib.sha256).hexdigest()
+            view["binding_choices"] = binding_choices(row.binding_code, seed)
         return view
 
     # -- upkeep ------------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 Parsing a private PEM costs tens of milliseconds, a hundred times a signature, so each key is
 parsed once per process and kept by ``kid``. The set re-reads the cheap key table (kid, status) at
 most every ``refresh_seconds`` so that a rotation made by another instance is picked up without a
-restart; only keys it has not seen before are parsed.
+restart; only keys it has not seen before are parsed. In a serving process a background thread
+does that (``start_refresher``), parsing the active and next keys before they are needed, so a
+request never opens a database connection for keys (a request holds at most one connection, its
+own) and never waits for a parse.
 
 Lifecycle per algorithm: ``next`` (published, not signing) -> ``active`` (signing) -> ``retired``
 (published until the tokens it signed have expired) -> removed. ``kid`` is the RFC 7638 thumbprint.
@@ -11,6 +14,7 @@ Lifecycle per algorithm: ``next`` (published, not signing) -> ``active`` (signin
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -21,6 +25,7 @@ from sqlalchemy import select
 from provider.models import SigningKey
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
+log = logging.getLogger("qr_oidc.keys")
 
 
 class KeyError_(RuntimeError):
@@ -93,6 +98,7 @@ class KeyStore:
         self._jwks: dict = {"keys": []}
         self._public_set: KeySet | None = None
         self._loaded_at = 0.0
+        self._background = False
 
     # -- set up ----------------------------------------------------------------------------
     def ensure(self, algorithms=ALGORITHMS) -> None:
@@ -115,8 +121,26 @@ class KeyStore:
         self.refresh(force=True)
 
     # -- reading ---------------------------------------------------------------------------
+    def start_refresher(self) -> threading.Thread:
+        """Re-read the key table every ``refresh_seconds`` in a thread of its own (a serving
+        process, after the fork); requests then only read what it loaded."""
+        self._background = True
+
+        def loop():
+            while True:
+                time.sleep(self.refresh_seconds)
+                try:
+                    self.refresh(force=True)
+                except Exception:  # the database restarting: the keys loaded keep signing
+                    log.warning("the key table could not be re-read; trying again")
+
+        thread = threading.Thread(target=loop, name="qr-oidc-keys", daemon=True)
+        thread.start()
+        return thread
+
     def refresh(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self._loaded_at < self.refresh_seconds:
+        if not force and (self._background
+                          or time.monotonic() - self._loaded_at < self.refresh_seconds):
             return
         with self._lock:
             if not force and time.monotonic() - self._loaded_at < self.refresh_seconds:
@@ -137,6 +161,8 @@ class KeyStore:
                     rank = (activated_at or 0.0, kid)
                     if alg not in active or rank > active[alg]:
                         active[alg] = rank
+                if self._background and status in ("active", "next"):
+                    self._private(kid)  # parsed here, before any request needs it
             self._active = {alg: rank[1] for alg, rank in active.items()}
             published.sort(key=lambda jwk: (jwk["alg"], jwk["kid"]))
             self._jwks = {"keys": published}

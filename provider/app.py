@@ -7,14 +7,15 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, g, jsonify, render_template, request
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from keys import KeyStore
+from keys import KeyError_, KeyStore
 
-from . import config
+from . import config, csrf, headers, seal
 from .body import MAX_BODY, BodyLimit
 from .db import Database
 from .fastpoll import FastPoll
@@ -37,6 +38,7 @@ class Parts:
     tickets: object = None
     server: object = None
     limiter: object = None
+    codes: object = None  # seals authorization codes (grants/authorization_code.py)
 
 
 def create_app(overrides: dict | None = None) -> Flask:
@@ -52,7 +54,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.json.sort_keys = False
 
     database = Database(settings["DATABASE_URL"], int(settings["DB_POOL_SIZE"]),
-                        int(settings["DB_MAX_OVERFLOW"]), int(settings["DB_FAST_POOL_SIZE"]))
+                        int(settings["DB_MAX_OVERFLOW"]), int(settings["DB_FAST_POOL_SIZE"]),
+                        float(settings["DB_POOL_TIMEOUT"]))
     database.prepare()
     database.init_app(app)
 
@@ -61,19 +64,24 @@ def create_app(overrides: dict | None = None) -> Flask:
     keys.ensure()
     keys.check_startup()
 
+    app.secret_key = settings["SECRET_KEY"] or _shared_secret(database,
+                                                                  settings["KEY_PASSPHRASE"])
     notifier = LocalNotifier(recheck=float(settings["LONG_POLL_RECHECK"]))
     parts = Parts(settings=settings, db=database, keys=keys, notifier=notifier)
-    parts.tickets = Tickets(database, settings, notifier)
+    parts.tickets = Tickets(database, settings, notifier, secret=app.secret_key)
     parts.limiter = RateLimiter(database, settings)
+    parts.codes = seal.Sealer(app.secret_key, "authorization code")
     app.extensions["qr_oidc"] = parts
 
-    app.secret_key = settings["SECRET_KEY"] or _shared_secret(database)
     secure = settings["ISSUER"].startswith("https://")
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=secure,
-        SESSION_COOKIE_NAME="qr_oidc_session",
+        # on https the __Host- prefix: Secure, Path=/, no Domain, so no sibling host can set it
+        SESSION_COOKIE_NAME="__Host-qr_oidc_session" if secure else "qr_oidc_session",
+        SESSION_COOKIE_PATH="/",
+        PERMANENT_SESSION_LIFETIME=int(settings["SESSION_LIFETIME"]),
     )
 
     parts.server = Server(app, parts)
@@ -87,35 +95,69 @@ def create_app(overrides: dict | None = None) -> Flask:
 
         app.register_blueprint(demo.bp)
     _install_error_handlers(app)
-    _install_access_log(app, secure)
+    _install_access_log(app)
+    csrf.init_app(app)
+    headers.init_app(app, secure)
     # WSGI middleware, innermost first: the fast poll path, the body limit, the proxy headers
     if settings["FAST_POLL"]:
         app.wsgi_app = FastPoll(app.wsgi_app, parts, secure)
-    app.wsgi_app = BodyLimit(app.wsgi_app)
+    app.wsgi_app = BodyLimit(app.wsgi_app, secure=secure)
     if int(settings["TRUSTED_PROXIES"]):
         hops = int(settings["TRUSTED_PROXIES"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     return app
 
 
-def _shared_secret(database: Database) -> str:
-    """The session signing key, made once and kept in the database so every instance shares it."""
+def _shared_secret(database: Database, passphrase: str) -> str:
+    """The session signing key, made once and kept in the database so every instance shares it.
+
+    With a key passphrase it is kept sealed with it, as the private keys are: whoever reads the
+    database cannot forge a session (one kept in clear by an older version is sealed now). A
+    wrong passphrase stops the server, as it does for the keys."""
     session = database.session_factory()
     try:
         row = session.get(Setting, "session_secret")
         if row is None:
-            session.add(Setting(name="session_secret", value=secrets.token_hex(32)))
+            value = secrets.token_hex(32)
+            stored = seal.seal_with_passphrase(value, passphrase) if passphrase else value
+            session.add(Setting(name="session_secret", value=stored))
             try:
                 session.commit()
             except IntegrityError:  # another instance made it first
                 session.rollback()
             row = session.get(Setting, "session_secret")
-        return row.value
+        if not seal.is_sealed(row.value):
+            if passphrase:
+                row.value = seal.seal_with_passphrase(row.value, passphrase)
+                value = seal.open_with_passphrase(row.value, passphrase)
+                session.commit()
+                return value
+            return row.value
+        if not passphrase:
+            raise KeyError_("the session secret is sealed: set QR_OIDC_KEY_PASSPHRASE to the "
+                            "passphrase it was sealed with")
+        value = seal.open_with_passphrase(row.value, passphrase)
+        if value is None:
+            raise KeyError_("the session secret cannot be opened: wrong QR_OIDC_KEY_PASSPHRASE?")
+        return value
     finally:
         session.close()
 
 
 def _install_error_handlers(app: Flask) -> None:
+    """Errors in the protocol's format: JSON ``{"error", "error_description"}``, or an HTML page
+    for the routes a person's browser shows (provider/csrf.py: the HTML blueprints)."""
+
+    def answer(error: str, description: str, status: int):
+        if csrf.is_html_route():
+            response = app.make_response(
+                (render_template("error.html", error=error, description=description), status))
+        else:
+            response = jsonify(error=error, error_description=description)
+            response.status_code = status
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):
         codes = {
@@ -125,14 +167,21 @@ def _install_error_handlers(app: Flask) -> None:
             413: "invalid_request",
             415: "invalid_request",
         }
-        body = {
-            "error": codes.get(error.code, "invalid_request"),
-            "error_description": error.description if error.code != 413 else "Body too large.",
-        }
-        response = jsonify(body)
-        response.status_code = error.code or 400
+        description = error.description if error.code != 413 else "Body too large."
+        response = answer(codes.get(error.code, "invalid_request"), description, error.code or 400)
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(PoolTimeout)
+    def _busy(_error: PoolTimeout):
+        # every database connection of this process is taken: say so, and when to come back
+        log.warning("no database connection free within QR_OIDC_DB_POOL_TIMEOUT on %s",
+                    request.url_rule)
+        app.extensions["qr_oidc"].db.session.rollback()
+        response = answer("temporarily_unavailable", "The service is busy; try again shortly.",
+                          503)
+        response.headers["Retry-After"] = "1"
         return response
 
     @app.errorhandler(Exception)
@@ -140,12 +189,10 @@ def _install_error_handlers(app: Flask) -> None:
         # a bug: say so in the protocol's format, log the type (never request values)
         log.error("unhandled %s on %s", type(error).__name__, request.url_rule, exc_info=error)
         app.extensions["qr_oidc"].db.session.rollback()
-        response = jsonify(error="server_error", error_description="Internal error.")
-        response.status_code = 500
-        return response
+        return answer("server_error", "Internal error.", 500)
 
 
-def _install_access_log(app: Flask, secure: bool) -> None:
+def _install_access_log(app: Flask) -> None:
     """One line per request naming the route *pattern*, never the path: paths carry scan codes."""
 
     @app.before_request
@@ -158,14 +205,4 @@ def _install_access_log(app: Flask, secure: bool) -> None:
         elapsed = (time.perf_counter() - started) * 1000 if started else 0.0
         rule = request.url_rule.rule if request.url_rule else "<unmatched>"
         access_log.info("%s %s %s %.1fms", request.method, rule, response.status_code, elapsed)
-        headers = response.headers
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("Referrer-Policy", "no-referrer")
-        headers.setdefault("X-Frame-Options", "DENY")
-        if response.mimetype != "text/html":  # pages get theirs from provider/pages.py
-            # JSON and images: nothing may run, nothing may frame them
-            headers.setdefault("Content-Security-Policy",
-                               "default-src 'none'; frame-ancestors 'none'")
-        if secure:
-            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         return response

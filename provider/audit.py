@@ -20,13 +20,22 @@ log = logging.getLogger("qr_oidc.audit")
 
 
 def audit(event: str, **fields) -> None:
+    """One line for ``event``. ``ip`` and ``user_agent`` are the request's peer unless the
+    fields name the person another way (a backend's ``requester_ip``): the peer is then ``via``.
+    Written as ASCII JSON, so no user agent can break a line (U+0085, U+2028 and the like are
+    escaped)."""
     record = {"ts": round(time.time(), 3), "event": event}
+    peer = None
     if has_request_context():
-        record["ip"] = request.remote_addr
+        peer = record["ip"] = request.remote_addr
         record["user_agent"] = (request.headers.get("User-Agent") or "")[:200] or None
     record.update(fields)
+    if isinstance(record.get("user_agent"), str):
+        record["user_agent"] = record["user_agent"][:200]
+    if peer is not None and record.get("ip") != peer:
+        record["via"] = peer
     log.info(json.dumps({k: v for k, v in record.items() if v is not None},
-                        separators=(",", ":"), ensure_ascii=False))
+                        separators=(",", ":"), ensure_ascii=True))
 
 
 def audit_after_commit(event: str, **fields) -> None:

@@ -18,6 +18,8 @@ from authlib.oauth2.rfc6749 import InvalidRequestError
 from flask import g
 from werkzeug.datastructures import MultiDict
 
+from .headers import security_headers
+
 MAX_BODY = 64 * 1024
 
 
@@ -98,8 +100,11 @@ class BodyLimit:
     """WSGI middleware: refuse bodies over ``MAX_BODY`` before the app reads them, chunked ones
     included (they carry no Content-Length for Flask's own limit to check)."""
 
-    def __init__(self, app, limit: int = MAX_BODY):
+    def __init__(self, app, limit: int = MAX_BODY, secure: bool = False):
         self.app, self.limit = app, limit
+        self.refusal_headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
+                                ("Connection", "close"),
+                                *security_headers("application/json", secure)]
 
     def __call__(self, environ, start_response):
         length = environ.get("CONTENT_LENGTH")
@@ -109,11 +114,11 @@ class BodyLimit:
             except ValueError:
                 too_big = False
             if too_big:
-                return self._refuse(start_response)
+                return self._refuse(start_response, self.refusal_headers)
         elif "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             data = environ["wsgi.input"].read(self.limit + 1)
             if len(data) > self.limit:
-                return self._refuse(start_response)
+                return self._refuse(start_response, self.refusal_headers)
             environ["wsgi.input"] = io.BytesIO(data)
             environ["CONTENT_LENGTH"] = str(len(data))
             environ.pop("HTTP_TRANSFER_ENCODING", None)
@@ -121,10 +126,7 @@ class BodyLimit:
         return self.app(environ, start_response)
 
     @staticmethod
-    def _refuse(start_response):
+    def _refuse(start_response, headers):
         body = b'{"error": "invalid_request", "error_description": "Body too large."}'
-        start_response("413 Content Too Large", [
-            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"), ("Connection", "close"),
-        ])
+        start_response("413 Content Too Large", [("Content-Length", str(len(body))), *headers])
         return [body]

@@ -214,7 +214,25 @@ def _check_redirect_uri(uri: str) -> str:
             or (parts.scheme in ("http", "https") and not parts.netloc)):
         raise click.BadParameter(f"{uri!r} is not an absolute URI without a fragment",
                                  param_hint="--redirect-uri")
+    if "@" in parts.netloc or not uri.isascii() or not uri.isprintable() or " " in uri:
+        raise click.BadParameter(f"{uri!r} must be printable ASCII without user information",
+                                 param_hint="--redirect-uri")
     return uri
+
+
+def _check_ticket_rate(ctx, _param, value):
+    if value is None or (value == "default" and ctx.command.name == "update"):
+        return value
+    from .ratelimit import parse_limit
+
+    try:
+        parse_limit("ticket_rate", value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not COUNT/SECONDS (e.g. 600/60) or off") from None
+    return value.strip().lower()
+
+
+AUTH_METHODS = click.Choice(["client_secret_basic", "client_secret_post", "none"])
 
 
 @clients.command("create")
@@ -230,9 +248,14 @@ def _check_redirect_uri(uri: str) -> str:
 @click.option("--logo-uri", default=None)
 @click.option("--id-token-alg", default=None, type=click.Choice(["RS256", "ES256", "EdDSA"]),
               help="id_token_signed_response_alg (default RS256).")
+@click.option("--token-endpoint-auth-method", "auth_method", default=None, type=AUTH_METHODS,
+              help="How the client authenticates (default client_secret_basic; none if --public).")
+@click.option("--ticket-rate", default=None, callback=_check_ticket_rate,
+              help="Ticket creation limit of this client, COUNT/SECONDS or off "
+                   "(default QR_OIDC_RATE_TICKET_CLIENT).")
 @click.option("--json", "as_json", is_flag=True, help="Print only the client as JSON.")
 def clients_create(name, public, first_party, number_matching, redirect_uris, grant_types, scope,
-                   logo_uri, id_token_alg, as_json):
+                   logo_uri, id_token_alg, auth_method, ticket_rate, as_json):
     """Register a client; prints its client_id (and client_secret, shown only once)."""
     if not name.strip() or len(name) > 200:
         raise click.BadParameter("must be 1 to 200 characters, not blank", param_hint="--name")
@@ -246,6 +269,10 @@ def clients_create(name, public, first_party, number_matching, redirect_uris, gr
         raise click.BadParameter("must be an http(s) URL", param_hint="--logo-uri")
     if not scope.split():
         raise click.BadParameter("must name at least one scope", param_hint="--scope")
+    auth_method = auth_method or ("none" if public else "client_secret_basic")
+    if public != (auth_method == "none"):
+        raise click.BadParameter("a public client uses none, a confidential one a secret method",
+                                 param_hint="--token-endpoint-auth-method")
     settings = _settings()
     database = _database(settings)
     client_id = new_id()
@@ -262,13 +289,19 @@ def clients_create(name, public, first_party, number_matching, redirect_uris, gr
         scope=" ".join(dict.fromkeys(scope.split())),
         logo_uri=logo_uri,
         id_token_signed_response_alg=id_token_alg,
+        token_endpoint_auth_method=auth_method,
+        ticket_rate=ticket_rate,
     )
     with database.session_factory() as session:
         session.add(row)
         session.commit()
+    _print_client(row, secret, as_json)
+
+
+def _print_client(row: Client, secret: str | None, as_json: bool) -> None:
     out = client_json(row)
     if secret:
-        out = {"client_id": client_id, "client_secret": secret, **out}
+        out = {"client_id": row.client_id, "client_secret": secret, **out}
     if as_json:
         click.echo(json.dumps(out))
     else:
@@ -276,11 +309,46 @@ def clients_create(name, public, first_party, number_matching, redirect_uris, gr
             click.echo(f"{key}: {value}")
 
 
+@clients.command("update")
+@click.argument("client_id")
+@click.option("--new-secret", "rotate_secret", is_flag=True,
+              help="Replace the client secret (printed once); the old one stops working.")
+@click.option("--token-endpoint-auth-method", "auth_method", default=None, type=AUTH_METHODS)
+@click.option("--ticket-rate", default=None, callback=_check_ticket_rate,
+              help="COUNT/SECONDS or off; 'default' goes back to QR_OIDC_RATE_TICKET_CLIENT.")
+@click.option("--number-matching/--no-number-matching", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print only the client as JSON.")
+def clients_update(client_id, rotate_secret, auth_method, ticket_rate, number_matching, as_json):
+    """Change a client; every running instance uses the change within a second."""
+    database = _database(_settings())
+    secret = None
+    with database.session_factory() as session:
+        row = session.get(Client, client_id)
+        if row is None:
+            raise click.ClickException(f"no client {client_id!r}")
+        if rotate_secret:
+            if row.public:
+                raise click.BadParameter("a public client has no secret", param_hint="--new-secret")
+            secret = new_secret()
+            row.secret_hash = digest(secret)
+        if auth_method is not None:
+            if row.public != (auth_method == "none"):
+                raise click.BadParameter(
+                    "a public client uses none, a confidential one a secret method",
+                    param_hint="--token-endpoint-auth-method")
+            row.token_endpoint_auth_method = auth_method
+        if ticket_rate is not None:
+            row.ticket_rate = None if ticket_rate == "default" else ticket_rate
+        if number_matching is not None:
+            row.number_matching = number_matching
+        session.commit()
+        _print_client(row, secret, as_json)
+
+
 def client_json(row: Client) -> dict:
     return {
         "client_id": row.client_id,
         "client_name": row.name,
-        "token_endpoint_auth_method": "none" if row.public else "client_secret_basic",
         "first_party": row.first_party,
         "number_matching": row.number_matching,
         "redirect_uris": row.redirect_uris,
@@ -288,6 +356,8 @@ def client_json(row: Client) -> dict:
         "scope": row.scope,
         "logo_uri": row.logo_uri,
         "id_token_signed_response_alg": row.id_token_signed_response_alg or "RS256",
+        "token_endpoint_auth_method": row.auth_method,
+        "ticket_rate": row.ticket_rate,
     }
 
 
@@ -317,6 +387,28 @@ def users_create(username, password, name, email, picture, as_json):
     out = {"sub": row.sub, "username": row.username, "name": row.name, "email": row.email,
            "picture": row.picture}
     click.echo(json.dumps(out) if as_json else f"created user {row.username} (sub {row.sub})")
+
+
+@users.command("set-password")
+@click.option("--username", required=True)
+@click.option("--password", required=True)
+def users_set_password(username, password):
+    """Give a user a new password, and end every provider session they have (a copied session
+    cookie stops working at once)."""
+    from .sessions import end_all
+
+    if len(password) < 4:
+        raise click.BadParameter("must be at least 4 characters", param_hint="--password")
+    hashed = hash_password(password)  # before a connection is taken
+    database = _database(_settings())
+    with database.session_factory() as session:
+        row = session.scalar(select(User).where(User.username == username))
+        if row is None:
+            raise click.ClickException(f"no user named {username!r}")
+        row.password_hash = hashed
+        ended = end_all(session, row.id)
+        session.commit()
+    click.echo(f"password of {username} changed; {ended} session(s) ended")
 
 
 def create_user(database, username, password, **profile) -> User:

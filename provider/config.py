@@ -20,8 +20,13 @@ DEFAULTS: dict[str, object] = {
     "PORT": 8000,
     "ISSUER": "",  # empty: http://HOST:PORT
     "DATABASE_URL": "sqlite:///qr-oidc.db",
-    # Flask session signing key; empty: made once and kept in the database for every instance.
+    # Flask session signing key; empty: made once and kept in the database for every instance
+    # (sealed with KEY_PASSPHRASE when one is set)
     "SECRET_KEY": "",
+    # Browser sessions at the provider (provider/sessions.py): ended after this long without a
+    # request, and this long after sign-in whatever happens
+    "SESSION_IDLE": 1800,
+    "SESSION_LIFETIME": 36000,
     # Tickets
     "TICKET_TTL": 300,  # seconds a ticket lives
     "POLL_INTERVAL": 2,  # seconds between token polls, RFC 8628 §3.2 "interval"
@@ -49,9 +54,13 @@ DEFAULTS: dict[str, object] = {
     "DB_POOL_SIZE": 10,  # database connections kept per process
     "DB_MAX_OVERFLOW": 20,  # extra connections a process may open under load
     "DB_FAST_POOL_SIZE": 10,  # connections of the fast poll path's pool per process (kept)
+    # seconds a request waits for a free connection before it answers 503 temporarily_unavailable
+    "DB_POOL_TIMEOUT": 10,
     "LOG_LEVEL": "info",
-    # Rate limits, COUNT/SECONDS or off (provider/ratelimit.py); REDIS_URL moves the counters to Redis
-    "RATE_TICKET_CLIENT": "600/60",
+    # Rate limits, COUNT/SECONDS or off (provider/ratelimit.py); REDIS_URL moves the counters to Redis.
+    # RATE_TICKET_CLIENT is per client unless the client has its own (clients create --ticket-rate);
+    # RATE_TICKET_IP counts the requester's address (requester_ip from a backend, else the peer)
+    "RATE_TICKET_CLIENT": "1200/60",
     "RATE_TICKET_IP": "30/60",
     "RATE_USER_CODE_USER": "10/600",
     "RATE_USER_CODE_IP": "20/600",
@@ -138,4 +147,7 @@ def load(overrides: dict | None = None, environ: dict | None = None) -> dict:
         raise ConfigError(f"{PREFIX}POLL_INTERVAL must be at least 1 second")
     if int(settings["TICKET_TTL"]) < 1:
         raise ConfigError(f"{PREFIX}TICKET_TTL must be at least 1 second")
+    for name in ("SESSION_IDLE", "SESSION_LIFETIME", "DB_POOL_TIMEOUT"):
+        if int(settings[name]) < 1:
+            raise ConfigError(f"{PREFIX}{name} must be at least 1 second")
     return settings

@@ -12,12 +12,11 @@ answer then decides.
 
 from __future__ import annotations
 
-import base64
-import binascii
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from flask import Response, current_app, request
 
+from . import clientauth
 from .body import body_params
 from .models import Client
 
@@ -34,22 +33,16 @@ def origin_of(uri: str) -> str | None:
 
 
 def _calling_client_id() -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header.lower().startswith("basic "):
-        try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return None
-        return unquote(decoded.partition(":")[0]) or None
     try:
-        return body_params(request).get("client_id")
+        params = body_params(request)
     except Exception:  # an unreadable body: no origin is allowed
         return None
+    return clientauth.presented_id(request.headers.get("Authorization"), params)
 
 
 def _allowed(origin: str) -> bool:
     client_id = _calling_client_id()
-    if not client_id or len(client_id) > 64 or "\x00" in client_id:
+    if not clientauth.usable_id(client_id):
         return False
     client = current_app.extensions["qr_oidc"].db.session.get(Client, client_id)
     if client is None:

@@ -8,11 +8,16 @@ Whatever is left uncommitted when the request ends is rolled back.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import stat
 import threading
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, scoped_session, sessionmaker
+
+log = logging.getLogger("qr_oidc.db")
 
 
 class Base(DeclarativeBase):
@@ -30,11 +35,41 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.close()
 
 
+def private_sqlite_file(url: str) -> None:
+    """Make an SQLite database file readable by its owner only (0600), before SQLite opens it:
+    it holds password hashes, token digests and, without a passphrase, the signing keys. SQLite
+    gives its -wal and -shm files the database file's mode. A file made by an older version
+    with wider permissions is narrowed, and the operator told."""
+    parsed = make_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:" \
+            or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        pass
+    except OSError:  # a folder that does not exist: SQLite's own error says it better
+        return
+    else:
+        os.close(fd)
+        return
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+            if mode & 0o077:
+                os.chmod(name, 0o600)
+                log.warning("%s was readable by others (mode %o); it is 0600 now", name, mode)
+        except OSError:
+            continue
+
+
 def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20, **options) -> Engine:
     """The engine for ``url``: SQLite with its pragmas on every connection, or a server database
     with a pre-ping on checkout (unless ``options`` say otherwise)."""
     options = dict(pool_size=pool_size, max_overflow=max_overflow, **options)
     if url.startswith("sqlite"):
+        private_sqlite_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15},
                                **options)
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -61,9 +96,11 @@ class Database:
     """Engine plus a thread-scoped session registry; ``init_app`` ends the session per request."""
 
     def __init__(self, url: str, pool_size: int = 10, max_overflow: int = 20,
-                 fast_pool_size: int = 10):
+                 fast_pool_size: int = 10, pool_timeout: float = 10):
         self.url = url
-        self.engine = make_engine(url, pool_size, max_overflow)
+        # a request never holds more than one of these at a time, and never across slow work
+        # (a password hash, a network call); one that waits longer than pool_timeout answers 503
+        self.engine = make_engine(url, pool_size, max_overflow, pool_timeout=pool_timeout)
         self.session_factory = sessionmaker(bind=self.engine, expire_on_commit=False)
         self.session = scoped_session(self.session_factory)
         self._fast_pool_size = max(1, fast_pool_size)

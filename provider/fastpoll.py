@@ -14,10 +14,10 @@ It answers only when all of this holds, and then the full path would have answer
 - ``POST /token`` with a small ``application/x-www-form-urlencoded`` body, no ``Origin`` (CORS
   answers go through Flask), each parameter once, valid UTF-8 (``provider/body.py``'s rules);
 - ``grant_type`` is the QR ticket or the device grant, with its credential parameter;
-- the client authenticates in one of the three unambiguous shapes Authlib would accept the same
-  way: Basic header and no ``client_secret`` in the body (confidential), ``client_id`` and
-  ``client_secret`` in the body and no header (confidential), ``client_id`` alone (public); and
-  the client may use the grant;
+- the client authenticates by ``provider/clientauth.authenticate``, the function the full path
+  calls too (the client's registered method, one method per request), against a copy of the
+  client's row at most half a second old (a changed secret or setting is seen within a second
+  by every process); and the client may use the grant;
 - ``Tickets.fast_poll`` finds the ticket this client's and unexpired, and either
   - waiting (pending or scanned) and polled no earlier than the interval allows: it records the
     poll (the same check and bookkeeping as ``Tickets.note_poll``) and the answer is
@@ -39,17 +39,15 @@ token response member by member and claim by claim), and the access log gets its
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import json
 import logging
 import threading
 import time
-from urllib.parse import unquote
-
+from dataclasses import dataclass
 from types import SimpleNamespace
 
+from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oidc.core.grants.util import is_openid_scope
@@ -58,11 +56,13 @@ from grants.openid import id_token
 from grants.qr_ticket import verifier_matches
 from grants.tickets import Tickets
 
+from . import clientauth
 from .audit import audit
 from .body import _form
+from .headers import security_headers
 from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE
 from .oauth import new_access_token, token_row
-from .security import digest, secret_matches
+from .security import digest
 
 access_log = logging.getLogger("qr_oidc.access")
 log = logging.getLogger("qr_oidc.fastpoll")
@@ -72,30 +72,44 @@ MAX_FAST_BODY = 4096
 PENDING = {"error": "authorization_pending", "error_description": "The user has not approved yet."}
 
 
+@dataclass(frozen=True)
+class ClientRecord:
+    """What client authentication and issuance need of a client row."""
+
+    client_id: str
+    secret_hash: str | None
+    public: bool
+    grant_types: frozenset
+    id_token_alg: str | None
+    auth_method: str
+
+
 class ClientCache:
-    """What client authentication needs of a client row, kept per process for ``ttl`` seconds.
+    """Client rows, kept per process for ``ttl`` seconds: a secret or setting changed by the
+    operator is seen by every process within a second. An unknown id is never cached (the full
+    path answers it)."""
 
-    Clients are only ever added (``qr-oidc clients create``), so a cached row cannot go stale
-    in a way that matters; an unknown id is never cached (the full path answers it).
-    """
-
-    def __init__(self, tickets: Tickets, ttl: float = 5.0):
+    def __init__(self, tickets: Tickets, ttl: float = 0.5):
         self.tickets, self.ttl = tickets, ttl
-        self._rows: dict[str, tuple[float, tuple]] = {}
+        self._rows: dict[str, tuple[float, ClientRecord]] = {}
         self._lock = threading.Lock()
 
-    def get(self, client_id: str):
+    def get(self, client_id: str) -> ClientRecord | None:
         hit = self._rows.get(client_id)
         at = time.monotonic()
         if hit is not None and hit[0] > at:
             return hit[1]
         row = self.tickets.client_for_poll(client_id)
-        if row is not None:
-            with self._lock:
-                if len(self._rows) > 10_000:
-                    self._rows.clear()
-                self._rows[client_id] = (at + self.ttl, row)
-        return row
+        if row is None:
+            return None
+        secret_hash, public, grant_types, id_token_alg, auth_method = row
+        record = ClientRecord(client_id, secret_hash, public, grant_types, id_token_alg,
+                              auth_method or ("none" if public else "client_secret_basic"))
+        with self._lock:
+            if len(self._rows) > 10_000:
+                self._rows.clear()
+            self._rows[client_id] = (at + self.ttl, record)
+        return record
 
 
 class FastPoll:
@@ -112,13 +126,8 @@ class FastPoll:
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
             ("Pragma", "no-cache"),
-            ("X-Content-Type-Options", "nosniff"),
-            ("Referrer-Policy", "no-referrer"),
-            ("X-Frame-Options", "DENY"),
-            ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+            *security_headers("application/json", secure),
         ]
-        if secure:
-            self.headers.append(("Strict-Transport-Security", "max-age=31536000"))
 
     def __call__(self, environ, start_response):
         if (environ.get("PATH_INFO") != "/token" or environ.get("REQUEST_METHOD") != "POST"
@@ -168,17 +177,21 @@ class FastPoll:
         credential = params.get(name) or ""
         if not credential or len(credential) > 200:
             return False
-        client = self._client(params, environ.get("HTTP_AUTHORIZATION"), grant_type)
-        if client is None:
+        try:
+            client = clientauth.authenticate(self.clients.get, environ.get("HTTP_AUTHORIZATION"),
+                                             params)
+        except OAuth2Error:  # the full path refuses it, with its reason
             return False
-        client_id, row = client
+        if grant_type not in client.grant_types:
+            return False
+        client_id = client.client_id
         at = time.time()
         found = self.tickets.fast_poll(digest(credential), client_id, at)
         if found is True or found is None:
             return bool(found)
-        return self._issue(params, grant_type, client_id, row, found, environ)
+        return self._issue(params, grant_type, client, found, environ)
 
-    def _issue(self, params, grant_type, client_id, client, ticket, environ):
+    def _issue(self, params, grant_type, client: ClientRecord, ticket, environ):
         """An approved ticket: the token response, made as the full path makes it.
 
         The same checks (``QRTicketGrant.validate_token_request``: this client's, approved,
@@ -195,15 +208,15 @@ class FastPoll:
                 return False
         settings, keys = self.parts.settings, self.parts.keys
         scope = ticket["scope"]
-        _secret, _public, grant_types, id_token_alg = client
+        client_id = client.client_id
         token, pending = new_access_token(
             settings, keys, grant_type=grant_type, client_id=client_id, sub=ticket["sub"],
-            scope=scope, refresh="refresh_token" in grant_types
+            scope=scope, refresh="refresh_token" in client.grant_types
             and "offline_access" in (scope_to_list(scope) or []))
         auth_time = int(ticket["decided_at"]) if ticket["decided_at"] else None
         if is_openid_scope(token["scope"]):  # as Authlib's OpenIDToken.process_token
             token["id_token"] = id_token(
-                settings, keys, client_id=client_id, alg=id_token_alg,
+                settings, keys, client_id=client_id, alg=client.id_token_alg,
                 user=SimpleNamespace(**ticket), scope=token["scope"],
                 access_token=token["access_token"], nonce=ticket["nonce"], auth_time=auth_time,
                 amr=["qr"])
@@ -215,37 +228,3 @@ class FastPoll:
               user_agent=(environ.get("HTTP_USER_AGENT") or "")[:200] or None,
               ticket=ticket["id"], client_id=client_id, user_id=ticket["user_id"])
         return json.dumps(token).encode()
-
-    def _client(self, params, authorization, grant_type) -> tuple[str, tuple] | None:
-        """The authenticated client's id and cached row, in the shapes described above; None
-        otherwise."""
-        secret = params.get("client_secret")
-        if authorization is not None:
-            if secret is not None or "client_id" in params:
-                return None
-            scheme, _, token = authorization.partition(" ")
-            if scheme.lower() != "basic":
-                return None
-            try:
-                decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-            except (binascii.Error, ValueError):
-                return None
-            client_id, colon, secret = decoded.partition(":")
-            client_id, secret = unquote(client_id), unquote(secret)
-            if not colon or not client_id or not secret:
-                return None
-        else:
-            client_id = params.get("client_id")
-        if not client_id or len(client_id) > 64 or "\x00" in client_id:
-            return None
-        row = self.clients.get(client_id)
-        if row is None:
-            return None
-        secret_hash, public, grant_types, _alg = row
-        if grant_type not in grant_types:
-            return None
-        if public:
-            return (client_id, row) if secret is None and authorization is None else None
-        if not secret or not secret_hash:
-            return None
-        return (client_id, row) if secret_matches(secret, secret_hash) else None

@@ -8,6 +8,7 @@ SPEC.md names, ``Cache-Control: no-store`` wherever a secret or a ticket's state
 from __future__ import annotations
 
 import io
+import ipaddress
 import re
 import time
 
@@ -205,8 +206,9 @@ def _access_token_row(value: str):
 
 @bp.post("/revoke")
 def revoke():
-    """RFC 7009: always 200 for a token that is unknown or not the client's; revoking a refresh
-    token revokes its whole family, an access token just itself."""
+    """RFC 7009: always 200 for a token that is unknown or not the client's. Revoking an access
+    token revokes it alone (its refresh token keeps working); revoking a refresh token revokes
+    its grant: every access and refresh token of its family (SPEC.md)."""
     p = parts()
     try:
         client, data = _authenticated_client("revocation")
@@ -219,18 +221,28 @@ def revoke():
     if row is not None and row.client_id == client.client_id:
         if kind == "refresh_token":
             revoke_family(p.db.session, row.family_id)
-        row.revoked = True
+        else:
+            row.revoked = True
         p.db.session.commit()
     return json_response({})
 
 
 @bp.post("/introspect")
 def introspect():
-    """RFC 7662, for confidential clients (resource servers)."""
+    """RFC 7662, for confidential clients. Who may introspect what (§4: the server decides):
+
+    - a client, the tokens issued to it;
+    - a first-party confidential client (the operator's own resource servers, gateways), any
+      token;
+    - anything else is ``{"active": false}``, as for an unknown token, so the endpoint tells a
+      client nothing about other clients' tokens.
+
+    An active token's answer says only what its scope lets its holder read at userinfo: ``sub``
+    always, ``username`` only with ``profile``."""
     p = parts()
     try:
         oauth_request = BodyRequest(request)
-        p.server.authenticate_client(
+        client = p.server.authenticate_client(
             oauth_request, ["client_secret_basic", "client_secret_post"], "introspection")
     except OAuth2Error as exc:
         return oauth_error(exc)
@@ -240,10 +252,13 @@ def introspect():
         return error("invalid_request", 400, "Missing 'token'.")
     row, kind = _find_token(value, data.get("token_type_hint"))
     at = time.time()
-    expires = None
-    if row is not None:
-        expires = row.refresh_expires_at if kind == "refresh_token" else row.expires_at
-    if row is None or row.revoked or (expires is not None and expires <= at):
+    if row is None or not (row.client_id == client.client_id or client.first_party):
+        return json_response({"active": False})
+    if kind == "refresh_token":
+        active, expires = row.refresh_status == "active", row.refresh_expires_at
+    else:
+        active, expires = not row.revoked, row.expires_at
+    if not active or (expires is not None and expires <= at):
         return json_response({"active": False})
     user = p.db.session.get(User, row.user_id) if row.user_id else None
     body = {
@@ -254,11 +269,12 @@ def introspect():
         "exp": int(expires) if expires else None,
         "iat": int(row.issued_at),
         "iss": p.settings["ISSUER"],
-        "jti": row.jti,
+        "jti": row.jti if kind == "access_token" else None,
     }
     if user is not None:
         body["sub"] = user.sub
-        body["username"] = user.username
+        if "profile" in (scope_to_list(row.scope) or []):
+            body["username"] = user.username
     return json_response({k: v for k, v in body.items() if v is not None})
 
 
@@ -290,13 +306,45 @@ def _requested_scope(client: Client, raw: str | None) -> str:
     return " ".join(dict.fromkeys(scopes))
 
 
+# not shown to a person as they are: C0 and C1 controls, DEL, line and paragraph separators, and
+# the bidi controls that could make a user agent read as something else on the phone
+_UNSHOWABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _requester(client: Client, data) -> tuple[str | None, str | None, bool]:
+    """Who is asking, as the phone will show it: (ip, user agent, whether the client passed
+    them). A confidential client's backend passes the person's ``requester_ip`` and
+    ``requester_user_agent``; otherwise the requester is the HTTP peer (the address behind
+    trusted proxies) and its User-Agent."""
+    ip, agent = data.get("requester_ip"), data.get("requester_user_agent")
+    if ip is None and agent is None:
+        return request.remote_addr, request.headers.get("User-Agent"), False
+    if client.public:
+        raise InvalidRequestError("requester_ip and requester_user_agent are for confidential "
+                                  "clients, which create tickets from their backend.")
+    if ip is not None:
+        try:
+            ip = str(ipaddress.ip_address(ip)) if len(ip) <= 64 else None
+        except ValueError:
+            ip = None
+        if ip is None:
+            raise InvalidRequestError("requester_ip must be an IPv4 or IPv6 address.")
+    if agent is not None and (len(agent) > 512 or _UNSHOWABLE.search(agent)):
+        raise InvalidRequestError("requester_user_agent must be at most 512 characters, "
+                                  "without control characters.")
+    return ip, agent or None, True
+
+
 def _create_ticket(kind: str, grant_type: str):
     client, data = _authenticated_client(kind)
     if not client.check_grant_type(grant_type):
         raise UnauthorizedClientError(f"The client may not use grant type {grant_type}.")
+    requester_ip, requester_ua, passed = _requester(client, data)
     limiter = parts().limiter
-    limiter.hit("ticket_ip", request.remote_addr)
-    limiter.hit("ticket_client", client.client_id)
+    # one person is limited, not the backend that serves everyone (ratelimit.py)
+    if client.public or passed:
+        limiter.hit("ticket_ip", requester_ip)
+    limiter.hit("ticket_client", client.client_id, limiter.client_limit(client))
     scope = _requested_scope(client, data.get("scope"))
     nonce = data.get("nonce") or None
     if nonce is not None and len(nonce) > 512:
@@ -321,8 +369,8 @@ def _create_ticket(kind: str, grant_type: str):
         nonce=nonce,
         code_challenge=challenge,
         code_challenge_method=method,
-        requester_ip=request.remote_addr,
-        requester_ua=request.headers.get("User-Agent"),
+        requester_ip=requester_ip,
+        requester_ua=requester_ua,
     )
 
 
@@ -491,14 +539,16 @@ def _mobile(action):
 
 def find_by_user_code(p, typed: str, user):
     """A ticket by typed user code, counting wrong codes per user and per IP (RFC 8628 §5.1):
-    a guesser is stopped after RATE_USER_CODE_USER wrong tries."""
+    a guesser is stopped after RATE_USER_CODE_USER wrong tries. Every try is counted before
+    the lookup (so parallel guesses cannot pass the limit together); a right one is given
+    back."""
     limiter = p.limiter
-    limiter.check("user_code_user", user.sub)
-    limiter.check("user_code_ip", request.remote_addr)
+    limiter.hit("user_code_user", user.sub)
+    limiter.hit("user_code_ip", request.remote_addr)
     row, code = p.tickets.by_code(None, typed) if normalize_user_code(typed) else (None, None)
-    if row is None:
-        limiter.hit("user_code_user", user.sub, refuse=False)
-        limiter.hit("user_code_ip", request.remote_addr, refuse=False)
+    if row is not None:
+        limiter.give_back("user_code_user", user.sub)
+        limiter.give_back("user_code_ip", request.remote_addr)
     return row, code
 
 

@@ -11,7 +11,10 @@ import threading
 from keys.keyset import ALGORITHMS
 from keys.rotation import NotReady, due, remove_expired, rotate
 
+from grants.authorization_code import purge_redeemed
+
 from .notify import purge_events
+from .sessions import purge as purge_sessions
 
 log = logging.getLogger("qr_oidc.maintenance")
 
@@ -23,6 +26,8 @@ def run_once(parts) -> None:
         log.info("purged %d expired tickets", purged)
     parts.limiter.purge()
     purge_events(parts.db)
+    purge_sessions(parts.db)
+    purge_redeemed(parts.db)
     period = int(settings["KEY_ROTATION_PERIOD"])
     if period:
         for alg in ALGORITHMS:

@@ -42,7 +42,16 @@ class Client(Base, ClientMixin):
     scope: Mapped[str] = mapped_column(Text, default="openid profile email")
     logo_uri: Mapped[str | None] = mapped_column(String(2000))
     id_token_signed_response_alg: Mapped[str | None] = mapped_column(String(16))
+    # client_secret_basic | client_secret_post | none (provider/clientauth.py)
+    token_endpoint_auth_method: Mapped[str | None] = mapped_column(String(32))
+    # this client's ticket creation limit, COUNT/SECONDS or off; None: QR_OIDC_RATE_TICKET_CLIENT
+    ticket_rate: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Float, default=now)
+
+    @property
+    def auth_method(self) -> str:
+        """The one client authentication method this client uses (RFC 7591 §2)."""
+        return self.token_endpoint_auth_method or ("none" if self.public else "client_secret_basic")
 
     # Authlib ClientMixin -------------------------------------------------------------------
     def get_client_id(self):
@@ -70,9 +79,7 @@ class Client(Base, ClientMixin):
         return bool(self.secret_hash) and secret_matches(client_secret, self.secret_hash)
 
     def check_endpoint_auth_method(self, method, endpoint):
-        if self.public:
-            return method == "none"
-        return method in ("client_secret_basic", "client_secret_post")
+        return method == self.auth_method
 
     def check_response_type(self, response_type):
         return response_type == "code"
@@ -86,10 +93,11 @@ class Client(Base, ClientMixin):
 
 
 def _loopback_parts(uri: str):
-    """(scheme, host, path, query) of an http loopback-IP URI, without the port; else None."""
+    """(scheme, host, path, query, fragment) of an http loopback-IP URI, without the port; else
+    None. Only the port may vary (RFC 8252 §7.3): a URI with userinfo is no variant of anything."""
     try:
         parts = urlsplit(uri)
-        if parts.scheme != "http" or not parts.hostname:
+        if parts.scheme != "http" or not parts.hostname or "@" in parts.netloc:
             return None
         if not ipaddress.ip_address(parts.hostname).is_loopback:
             return None
@@ -185,48 +193,31 @@ class TicketEvent(Base):
     at: Mapped[float] = mapped_column(Float, index=True)
 
 
-class AuthorizationCode(Base):
-    __tablename__ = "authorization_codes"
+class RedeemedCode(Base):
+    """An authorization code that was exchanged for tokens, by its digest.
+
+    A code is sealed, not stored (``grants/authorization_code.py``): issuing one writes nothing.
+    Its redemption inserts this row in the transaction that saves the tokens, so a code is
+    exchanged once; presented again, the row names the token family it started, which is then
+    revoked (RFC 6749 §4.1.2). Purged once the code would have expired anyway.
+    """
+
+    __tablename__ = "redeemed_codes"
 
     code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     client_id: Mapped[str] = mapped_column(ForeignKey("clients.client_id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    redirect_uri: Mapped[str | None] = mapped_column(Text)
-    response_type: Mapped[str] = mapped_column(String(16), default="code")
-    scope: Mapped[str] = mapped_column(Text, default="")
-    nonce: Mapped[str | None] = mapped_column(String(512))
-    code_challenge: Mapped[str | None] = mapped_column(String(128))
-    code_challenge_method: Mapped[str | None] = mapped_column(String(8))
-    auth_time: Mapped[float] = mapped_column(Float)
-    amr: Mapped[str] = mapped_column(String(32), default="pwd")
-    expires_at: Mapped[float] = mapped_column(Float)
-    used: Mapped[bool] = mapped_column(Boolean, default=False)
-
-    # Authlib AuthorizationCodeMixin
-    def get_redirect_uri(self):
-        return self.redirect_uri
-
-    def get_scope(self):
-        return self.scope
-
-    def get_nonce(self):
-        return self.nonce
-
-    def get_auth_time(self):
-        return int(self.auth_time)
-
-    def get_acr(self):
-        return None
-
-    def get_amr(self):
-        return [self.amr]
-
-    def is_expired(self):
-        return now() >= self.expires_at
+    family_id: Mapped[str] = mapped_column(String(32))
+    redeemed_at: Mapped[float] = mapped_column(Float, default=now)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
 
 
 class Token(Base):
-    """An issued access token (a JWT, stored by its ``jti``) and its refresh token's digest."""
+    """An issued access token (a JWT, stored by its ``jti``) and its refresh token's digest.
+
+    The two are revoked apart: ``revoked`` is the access token's, ``refresh_status`` the refresh
+    token's (``active``, ``rotated`` once it was used for a new one, ``revoked``; None without a
+    refresh token). Presenting a ``rotated`` refresh token is a reuse, which revokes the family.
+    """
 
     __tablename__ = "tokens"
 
@@ -241,6 +232,7 @@ class Token(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     refresh_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     refresh_expires_at: Mapped[float | None] = mapped_column(Float)
+    refresh_status: Mapped[str | None] = mapped_column(String(16))
     family_id: Mapped[str | None] = mapped_column(String(32), index=True)
     auth_time: Mapped[float | None] = mapped_column(Float)
     amr: Mapped[str | None] = mapped_column(String(32))
@@ -276,6 +268,20 @@ class SigningKey(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now)
     activated_at: Mapped[float | None] = mapped_column(Float)
     retired_at: Mapped[float | None] = mapped_column(Float)
+
+
+class BrowserSession(Base):
+    """A sign-in at the provider by a browser (provider/sessions.py), by its id's digest."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    amr: Mapped[str] = mapped_column(String(16), default="pwd")
+    auth_time: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    expires_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float)
 
 
 class Setting(Base):

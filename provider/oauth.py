@@ -15,8 +15,7 @@ from urllib.parse import urlsplit
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
-from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749 import InvalidClientError
+from authlib.oauth2 import OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import current_app, g
 from flask import request as flask_request
@@ -25,6 +24,7 @@ from joserfc.errors import JoseError
 
 from keys.jws import sign_compact
 
+from . import clientauth
 from .body import body_params
 from .models import Client, Token, User, now
 from .security import digest, new_id, new_secret
@@ -94,16 +94,17 @@ class Server(AuthorizationServer):
 
     # -- requests ----------------------------------------------------------------------------
     def create_oauth2_request(self, request):
+        if isinstance(request, OAuth2Request):  # an authorization request kept by the provider
+            return request
         if flask_request.method == "GET" or flask_request.endpoint == "pages.authorize":
             return FlaskOAuth2Request(flask_request)
         return BodyRequest(flask_request)
 
     def authenticate_client(self, request, methods, endpoint="token"):
-        try:
-            return super().authenticate_client(request, methods, endpoint)
-        except (UnicodeDecodeError, ValueError, TypeError):
-            # a Basic header that is not base64 of UTF-8 "id:secret"
-            raise InvalidClientError("The client credentials cannot be read.") from None
+        """Every endpoint's client authentication, the fast path's too: provider/clientauth.py."""
+        return clientauth.authenticate(self._query_client_impl,
+                                       request.headers.get("Authorization"),
+                                       request.payload.data, methods)
 
     def handle_error_response(self, request, error):
         # invalid_client is always 401 here (SPEC.md), with the Basic challenge RFC 6749 §5.2 names
@@ -116,8 +117,8 @@ class Server(AuthorizationServer):
 
     # -- storage -----------------------------------------------------------------------------
     def _query_client_impl(self, client_id):
-        if not isinstance(client_id, str) or len(client_id) > 64 or "\x00" in client_id:
-            return None  # (PostgreSQL cannot even compare a text with NUL in it)
+        if not clientauth.usable_id(client_id):
+            return None
         return self.parts.db.session.get(Client, client_id)
 
     def _generate_token(self, grant_type, client, user=None, scope=None, expires_in=None,
@@ -139,13 +140,14 @@ class Server(AuthorizationServer):
         previous = getattr(request, "refresh_token", None)
         auth_time = credential.get_auth_time() if credential is not None else None
         amr = credential.get_amr()[0] if credential is not None else None
+        # a family: every token descended from one grant (a code's family is named in the code)
+        family_id = getattr(credential, "family_id", None)
         if previous is not None:
-            auth_time, amr = previous.auth_time, previous.amr
+            auth_time, amr, family_id = previous.auth_time, previous.amr, previous.family_id
         row = Token(**token_row(
             self.parts.settings, pending, client_id=request.client.client_id,
             user_id=request.user.id if request.user else None, scope=token.get("scope", ""),
-            family_id=previous.family_id if previous is not None else None,
-            auth_time=auth_time, amr=amr,
+            family_id=family_id, auth_time=auth_time, amr=amr,
         ))
         self.parts.db.session.add(row)
         return row
@@ -202,6 +204,7 @@ def token_row(settings, pending: dict, *, client_id: str, user_id: int | None, s
         "refresh_token_hash": digest(pending["refresh"]) if pending["refresh"] else None,
         "refresh_expires_at": at + int(settings["REFRESH_TOKEN_TTL"])
         if pending["refresh"] else None,
+        "refresh_status": "active" if pending["refresh"] else None,
         "family_id": family_id or new_id(),
         "auth_time": auth_time,
         "amr": amr,
@@ -215,7 +218,10 @@ class BearerError(Exception):
 
 
 def authenticate_bearer(parts, required_scope: str | None = None) -> tuple[dict, Token, User | None]:
-    """Check ``Authorization: Bearer <JWT access token>``: signature, issuer, expiry, not revoked.
+    """Check ``Authorization: Bearer <JWT access token>`` for the provider's own protected
+    endpoints (userinfo, the phone's): signature, ``typ``, issuer, audience (RFC 9068 §4: ``aud``
+    must name this provider, so a token minted for another resource is refused), expiry, not
+    revoked. The one check they all call.
 
     Raises BearerError: 401 ``invalid_token`` or 403 ``insufficient_scope`` (RFC 6750 §3.1).
     """
@@ -233,6 +239,9 @@ def authenticate_bearer(parts, required_scope: str | None = None) -> tuple[dict,
     claims = decoded.claims
     if decoded.header.get("typ") != "at+jwt" or claims.get("iss") != parts.settings["ISSUER"]:
         raise BearerError("invalid_token", 401, "The access token is not valid.")
+    audience = claims.get("aud")
+    if parts.settings["ISSUER"] not in (audience if isinstance(audience, list) else [audience]):
+        raise BearerError("invalid_token", 401, "The access token is for another resource.")
     exp = claims.get("exp")
     if not isinstance(exp, (int, float)) or exp <= time.time():
         raise BearerError("invalid_token", 401, "The access token has expired.")

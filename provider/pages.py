@@ -1,22 +1,40 @@
-"""HTML pages: sign-in, the authorization endpoint (consent), and the browser confirmation screen.
+"""HTML pages: sign-in, the authorization endpoint (login with QR, consent), and the browser
+confirmation screen.
 
 The hosted sign-in is a form with inputs ``username`` and ``password``; every form carries a CSRF
-token in a hidden input. The confirmation screen is what the phone's browser shows when the QR is
-opened without the app (``/s/<scan_code>``) or a user code is typed (``/device``): the client, the
-scopes, the requesting IP and browser, and approve and cancel of equal weight.
+token in a hidden input, checked for every POST in one place (``provider/csrf.py``). No GET
+changes a row: the login page's QR ticket is made by a POST from the page's script (or its
+no-script button), an opened QR link asks the signed-in person to continue before anything is
+scanned, and authorization codes are sealed, not stored (``grants/authorization_code.py``).
+
+The hosted login page's QR (``/authorize/ticket``, ``/authorize/qr``): the ticket keeps the whole
+authorization request it was made for (client, redirect URI, scope as the phone shows it, state,
+nonce, PKCE challenge). The phone's approval is consent for that one request: the page's browser
+is answered with that request's code, exactly as kept, and is *not* signed in at the provider
+(the cross-device "session transfer" attack: a relayed QR must not become every login of the
+user). Only a password sign-in starts a provider session (``provider/sessions.py``).
+
+The confirmation screen is what the phone's browser shows when the QR is opened without the app
+(``/s/<scan_code>``) or a user code is typed (``/device``): the client, the scopes, the
+requesting IP and browser, and approve and cancel of equal weight.
 """
 
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode
 
-from authlib.oauth2 import OAuth2Error
+from authlib.oauth2 import OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749 import InvalidRequestError
-from authlib.oidc.core.errors import RequestNotSupportedError, RequestURINotSupportedError
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oidc.core.errors import (
+    ConsentRequiredError,
+    LoginRequiredError,
+    RequestNotSupportedError,
+    RequestURINotSupportedError,
+)
 from flask import (
     Blueprint,
-    abort,
     current_app,
     jsonify,
     make_response,
@@ -30,81 +48,38 @@ from sqlalchemy import select
 
 from grants.tickets import TicketError
 
+from . import sessions
 from .audit import audit, flush_after_commit
-from .http import find_by_user_code
+from .headers import allow_form_target
+from .http import find_by_user_code, qr_content
 from .models import Client, User
 from .ratelimit import TooManyRequests
-from .security import check_password, constant_equals, hash_password, new_secret
+from .security import check_password, constant_equals, digest, hash_password, new_secret
 
 bp = Blueprint("pages", __name__, template_folder="templates")
 
-# a password check against a hash of this keeps an unknown username as slow as a wrong password
-_DUMMY_HASH = None
+# the authorization request parameters a hosted-page ticket keeps (OIDC Core §3.1.2.1)
+KEPT_PARAMETERS = ("response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
+                   "code_challenge", "code_challenge_method", "prompt", "max_age", "login_hint",
+                   "ui_locales", "display", "acr_values", "response_mode")
+FRESH_SIGN_IN = 60  # seconds a password sign-in counts as the fresh login prompt=login asks for
+MAX_FLOWS = 5  # hosted-page tickets a browser may follow at once (tabs)
+
+_dummy_hash: str | None = None  # an unknown username costs the same hash as a wrong password
 
 
 def parts():
     return current_app.extensions["qr_oidc"]
 
 
-# -- session helpers ---------------------------------------------------------------------------
 def current_user() -> User | None:
-    uid = session.get("uid")
-    if uid is None:
-        return None
-    user = parts().db.session.get(User, uid)
-    if user is None:
-        session.clear()
-    return user
-
-
-def csrf_token() -> str:
-    token = session.get("csrf")
-    if not token:
-        token = session["csrf"] = new_secret()
-    return token
-
-
-def check_csrf() -> None:
-    if not constant_equals(request.form.get("csrf_token"), session.get("csrf")):
-        abort(400, description="The form expired or did not come from this site; reload it.")
-
-
-@bp.app_context_processor
-def _template_helpers():
-    return {"csrf_token": csrf_token}
-
-
-@bp.after_app_request
-def _page_headers(response):
-    if response.mimetype == "text/html":
-        response.headers.setdefault("Content-Security-Policy", page_csp())
-        response.headers.setdefault("Cache-Control", "no-store")
-    return response
-
-
-def page_csp(form_targets: tuple[str, ...] = ()) -> str:
-    """The pages' policy: only this site's scripts, no framing (the approval screens cannot be
-    clickjacked), forms post here, or (login and consent) on to the client's redirect origin,
-    which browsers check on the redirects that follow a form post."""
-    targets = " ".join(("'self'",) + form_targets)
-    return ("default-src 'self'; script-src 'self'; img-src 'self' data: https:; "
-            "style-src 'self' 'unsafe-inline'; object-src 'none'; frame-ancestors 'none'; "
-            f"form-action {targets}; base-uri 'none'")
-
-
-def _redirect_origin(grant) -> tuple[str, ...]:
-    uri = grant.request.payload.redirect_uri or grant.client.get_default_redirect_uri() or ""
-    parts_ = urlsplit(uri)
-    if not parts_.scheme or not parts_.netloc:
-        return ()
-    if parts_.scheme in ("http", "https"):
-        return (f"{parts_.scheme}://{parts_.netloc}",)
-    return (f"{parts_.scheme}:",)  # a native app's private-use scheme
+    signed_in = sessions.current()
+    return signed_in.user if signed_in else None
 
 
 def too_many_page(exc: TooManyRequests, message: str):
     """429 with Retry-After: an HTML page for a browser, the protocol's JSON for anything else."""
-    if request.accept_mimetypes.accept_html and not request.accept_mimetypes.accept_json:
+    if wants_html():
         response = make_response(render_template("error.html", error="too_many_requests",
                                                  description=message), 429)
     else:
@@ -114,12 +89,18 @@ def too_many_page(exc: TooManyRequests, message: str):
     return response
 
 
+def wants_html() -> bool:
+    return request.accept_mimetypes.accept_html and not request.accept_mimetypes.accept_json
+
+
+def error_page(error: str, description: str, status: int):
+    return render_template("error.html", error=error, description=description), status
+
+
 def safe_next(target: str | None) -> str:
     """Only a path on this site: never an absolute URL (no open redirect)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return url_for("pages.home")
-    parts_ = urlsplit(target)
-    if parts_.scheme or parts_.netloc:
+    if (not isinstance(target, str) or not target.startswith("/") or target.startswith("//")
+            or "\\" in target or not target.isprintable()):
         return url_for("pages.home")
     return target
 
@@ -135,173 +116,309 @@ def login():
     next_url = safe_next(request.values.get("next"))
     if request.method == "GET":
         return render_template("login.html", next=next_url, error=None)
-    check_csrf()
     username = request.form.get("username", "")
     password = request.form.get("password", "")
-    limiter = parts().limiter
+    p = parts()
     account = username.strip().lower()[:150]
-    try:
-        limiter.check("login_account", account)
-        limiter.check("login_ip", request.remote_addr)
+    try:  # counted before the password is checked: parallel guesses cannot all pass
+        p.limiter.hit("login_account", account)
+        p.limiter.hit("login_ip", request.remote_addr)
     except TooManyRequests as exc:
         audit("signin.refused", username=account, reason="rate_limited")
         return too_many_page(exc, "Too many sign-in attempts. Try again later.")
-    user = None
-    if "\x00" not in username:  # (no account has one, and PostgreSQL cannot compare text with it)
-        user = parts().db.session.scalar(select(User).where(User.username == username[:150]))
-    global _DUMMY_HASH
-    if _DUMMY_HASH is None:
-        _DUMMY_HASH = hash_password(new_secret())
-    valid = check_password(user.password_hash if user else _DUMMY_HASH, password)
-    if user is None or not valid:
-        limiter.hit("login_account", account, refuse=False)
-        limiter.hit("login_ip", request.remote_addr, refuse=False)
+    found = None
+    if username and len(username) <= 150 and "\x00" not in username:
+        found = p.db.session.execute(
+            select(User.id, User.password_hash).where(User.username == username)).first()
+    p.db.session.rollback()  # no connection is held through the (slow) password hash
+    if not check_password(found.password_hash if found else _dummy(), password) or not found:
         audit("signin.failed", username=account)
         return render_template("login.html", next=next_url,
                                error="Wrong username or password."), 401
-    audit("signin", user_id=user.id, amr="pwd")
-    session.clear()  # a new session on sign-in (no fixation)
-    session["uid"] = user.id
-    session["auth_time"] = time.time()
-    session["amr"] = "pwd"
+    p.limiter.give_back("login_account", account)
+    p.limiter.give_back("login_ip", request.remote_addr)
+    audit("signin", user_id=found.id, amr="pwd")
+    sessions.start(found.id, "pwd")
+    session["fresh_sign_in"] = int(time.time())
     return redirect(next_url)
+
+
+def _dummy() -> str:
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = hash_password(new_secret())
+    return _dummy_hash
 
 
 @bp.post("/logout")
 def logout():
-    check_csrf()
-    session.clear()
+    sessions.end()
     return redirect(url_for("pages.home"))
 
 
 # -- the authorization endpoint ------------------------------------------------------------------
 @bp.route("/authorize", methods=["GET", "POST"])
 def authorize():
-    """The authorization endpoint. Signed out: the login page, a QR for this very request beside
-    the password form. Signed in: consent (unless first-party, or the phone already confirmed)."""
+    """The authorization endpoint (GET, or POST with the request as a form: OIDC Core §3.1.2.1).
+
+    Not signed in, ``prompt=login``, or a sign-in older than ``max_age``: the login page, with a
+    QR for this very request beside the password form. Signed in: consent (unless first-party),
+    then the code. ``prompt=none`` answers ``login_required`` or ``consent_required`` instead of
+    a page. Nothing here writes a row."""
     server = parts().server
-    user = current_user()
+    signed_in = sessions.current()
     try:
-        grant = server.get_consent_grant(end_user=user)
+        grant = server.get_consent_grant(end_user=signed_in.user if signed_in else None)
+        _check_request(grant)
     except OAuth2Error as exc:
-        if exc.redirect_uri:
-            return server.handle_error_response(None, exc)
-        return render_template("error.html", error=exc.error,
-                               description=exc.get_error_description()), exc.status_code
+        return authorization_error(exc)
     client: Client = grant.client
-    unsupported = _unsupported_parameter(grant)
-    if unsupported is not None:
-        return server.handle_error_response(None, unsupported)
-    qr_outcome = session.pop("qr_outcome", None)
-    if qr_outcome and qr_outcome.get("client_id") == client.client_id:
-        # the phone's confirmation screen (client, scopes) was the consent, or the refusal
-        granted = user if qr_outcome.get("outcome") == "approved" else None
-        return server.create_authorization_response(grant_user=granted, grant=grant)
-    if user is None:
-        try:
-            parts().limiter.hit("ticket_ip", request.remote_addr)
-            parts().limiter.hit("ticket_client", client.client_id)
-        except TooManyRequests:  # no QR this time; the password form still works
-            page = make_response(render_template(
-                "login.html", next=request.full_path, error=None, qr=None, client=client,
-                return_to=request.full_path))
-        else:
-            page = make_response(_login_page(grant))
-        page.headers["Content-Security-Policy"] = page_csp(_redirect_origin(grant))
-        return page
-    if request.method == "GET" and not client.first_party:
-        page = make_response(render_template("consent.html", client=client, user=user,
-                                             scopes=(grant.request.scope or "").split()))
-        page.headers["Content-Security-Policy"] = page_csp(_redirect_origin(grant))
-        return page
-    if request.method == "POST":
-        check_csrf()
-        if request.form.get("decision") != "approve":
-            return server.create_authorization_response(grant_user=None, grant=grant)
-    return server.create_authorization_response(grant_user=user, grant=grant)
+    params = grant.request.payload.data
+    prompts = set((params.get("prompt") or "").split())
+    fresh = _fresh_sign_in()
+    needs_login = signed_in is None or (not fresh and (
+        "login" in prompts or _too_old(signed_in.record.auth_time, params.get("max_age"))))
+    if needs_login:
+        if "none" in prompts:
+            return authorization_error(_redirected(LoginRequiredError(), grant))
+        return _login_page(grant)
+    if "consent" in prompts or not client.first_party:
+        if "none" in prompts:
+            return authorization_error(_redirected(ConsentRequiredError(), grant))
+        allow_form_target(grant.redirect_uri)
+        return render_template("consent.html", client=client, user=signed_in.user,
+                               scopes=(grant.request.scope or "").split(),
+                               request_query=_query_of(params))
+    return _issue_code(grant, signed_in.user, signed_in.record.auth_time, signed_in.record.amr)
 
 
-def _unsupported_parameter(grant):
-    """What discovery says is not supported is refused, not silently ignored (OIDC Core §6)."""
-    args = request.args
+@bp.post("/authorize/consent")
+def authorize_consent():
+    """The consent form's answer, for the request it carries (validated again, with the
+    signed-in user)."""
+    server = parts().server
+    query = request.form.get("request", "")
+    signed_in = sessions.current()
+    if signed_in is None:  # signed out meanwhile: start over
+        return redirect(url_for("pages.authorize") + "?" + query)
+    try:
+        kept = kept_request(_params_of(query))
+        grant = server.get_consent_grant(request=kept, end_user=signed_in.user)
+        _check_request(grant)
+    except OAuth2Error as exc:
+        return authorization_error(exc)
+    allow_form_target(grant.redirect_uri)
+    if request.form.get("decision") != "approve":
+        return server.create_authorization_response(request=kept, grant_user=None, grant=grant)
+    return _issue_code(grant, signed_in.user, signed_in.record.auth_time, signed_in.record.amr)
+
+
+def _issue_code(grant, user, auth_time, amr: str):
+    """Redirect to the client with a code for ``grant``'s request, granted by ``user``."""
+    grant.request.auth_time, grant.request.amr = auth_time, amr
+    allow_form_target(grant.redirect_uri)
+    return parts().server.create_authorization_response(request=grant.request, grant_user=user,
+                                                         grant=grant)
+
+
+def authorization_error(exc: OAuth2Error):
+    """To the client's redirect URI when it is known to be the client's, else an error page."""
+    if exc.redirect_uri:
+        return parts().server.handle_error_response(None, exc)
+    return error_page(exc.error, exc.get_error_description() or "The request is not valid.",
+                      exc.status_code if 400 <= exc.status_code < 500 else 400)
+
+
+def _redirected(exc: OAuth2Error, grant) -> OAuth2Error:
+    exc.redirect_uri = grant.redirect_uri
+    exc.state = grant.request.payload.state
+    return exc
+
+
+def _check_request(grant) -> None:
+    """What discovery says is not supported is refused, not silently ignored (OIDC Core §6);
+    values too long to keep in a code are refused too."""
+    params = grant.request.payload.data
     error = None
-    if "request" in args:
+    if "request" in params:
         error = RequestNotSupportedError("Request objects are not supported.")
-    elif "request_uri" in args:
+    elif "request_uri" in params:
         error = RequestURINotSupportedError("request_uri is not supported.")
-    elif args.get("response_mode", "query") != "query":
+    elif params.get("response_mode", "query") != "query":
         error = InvalidRequestError("Only response_mode=query is supported.")
+    elif len(params.get("nonce") or "") > 512:
+        error = InvalidRequestError("nonce is too long (512 characters at most).")
+    elif len(params.get("state") or "") > 2000:
+        error = InvalidRequestError("state is too long (2000 characters at most).")
+    elif params.get("max_age") is not None and _max_age(params.get("max_age")) is None:
+        error = InvalidRequestError("max_age must be a whole number of seconds.")
     if error is not None:
-        error.redirect_uri = grant.redirect_uri
-        error.state = args.get("state")
-    return error
+        raise _redirected(error, grant)
 
 
-def _login_page(grant):
-    """The hosted login page for an authorization request: password form and QR side by side."""
+def _max_age(value) -> int | None:
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 9:
+        return None
+    return int(value)
+
+
+def _too_old(auth_time: float, max_age) -> bool:
+    limit = _max_age(max_age)
+    return limit is not None and time.time() - auth_time > limit
+
+
+def _fresh_sign_in() -> bool:
+    """A password sign-in just now (this is the request it was for) satisfies ``prompt=login``
+    and ``max_age`` once."""
+    at = session.pop("fresh_sign_in", None)
+    return isinstance(at, int) and 0 <= time.time() - at <= FRESH_SIGN_IN
+
+
+def _query_of(params) -> str:
+    return urlencode([(k, v) for k, v in params.items() if isinstance(v, str)])
+
+
+def _params_of(query) -> dict:
+    if not isinstance(query, str) or len(query) > 16384:
+        raise InvalidRequestError("The sign-in request is missing; start again.")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequestError("The sign-in request is malformed; start again.") from None
+    params = {}
+    for key, value in pairs:
+        if key in params:
+            raise InvalidRequestError("The sign-in request repeats a parameter.")
+        params[key] = value
+    return params
+
+
+def kept_request(params: dict) -> OAuth2Request:
+    """An authorization request the provider holds (not the browser's), as Authlib takes it."""
+    uri = parts().settings["ISSUER"] + "/authorize?" + urlencode(params)
+    kept = OAuth2Request("GET", uri)
+    kept.payload = BasicOAuth2Payload(params)
+    return kept
+
+
+def _login_page(grant, qr: dict | None = None, status: int = 200):
+    """The hosted login page for an authorization request: password form and QR side by side.
+    The page's script asks ``/authorize/ticket`` for the QR (a POST); without a script, a button
+    does."""
+    allow_form_target(grant.redirect_uri)
+    query = _query_of(grant.request.payload.data)
+    return render_template("login.html", next=url_for("pages.authorize") + "?" + query,
+                           error=None, client=grant.client, request_query=query, qr=qr,
+                           issuer=parts().settings["ISSUER"]), status
+
+
+@bp.post("/authorize/ticket")
+def authorize_ticket():
+    """The hosted login page's QR: a ticket for the authorization request the page shows, kept
+    with it. JSON for the page's script; the page again, with the QR, for a browser without."""
     p = parts()
+    try:
+        kept = kept_request(_params_of(request.form.get("request")))
+        grant = p.server.get_consent_grant(request=kept, end_user=None)
+        _check_request(grant)
+    except OAuth2Error as exc:
+        if wants_html():
+            return authorization_error(exc)
+        response = jsonify(error=exc.error, error_description=exc.get_error_description())
+        response.status_code = 400
+        return response
     client: Client = grant.client
+    try:
+        p.limiter.hit("ticket_ip", request.remote_addr)
+        p.limiter.hit("ticket_client", client.client_id, p.limiter.client_limit(client))
+    except TooManyRequests as exc:
+        return too_many_page(exc, "Too many QR codes asked for. Try again shortly.")
+    params = {k: v for k, v in kept.payload.data.items() if k in KEPT_PARAMETERS}
+    params["scope"] = grant.request.scope or ""  # what the client may have: what the phone shows
     new = p.tickets.create(
-        client,
-        grant.request.scope or "",
-        kind="authorize",
-        nonce=request.args.get("nonce"),
-        requester_ip=request.remote_addr,
-        requester_ua=request.headers.get("User-Agent"),
-        auth_request={"client_id": client.client_id},
-    )
-    session["qr_ticket_id"] = new.row.id
+        client, params["scope"], kind="authorize", nonce=params.get("nonce"),
+        requester_ip=request.remote_addr, requester_ua=request.headers.get("User-Agent"),
+        auth_request=params)
+    flows = [f for f in session.get("qr_flows", []) if isinstance(f, str)]
+    session["qr_flows"] = [digest(new.row.id), *flows][:MAX_FLOWS]
     issuer = p.settings["ISSUER"]
-    qr = {
-        "issuer": issuer,
+    body = {
         "ticket": new.ticket,
-        "image": f"{issuer}/qr/{new.scan_code}.png",
-        "content": f"{issuer}/s/{new.scan_code}",
+        "qr_content": qr_content(new.scan_code),
+        "qr_image": f"{issuer}/qr/{new.scan_code}.png",
         "user_code": new.user_code,
-        "binding_code": new.row.binding_code,
         "expires_in": int(new.row.expires_at - new.row.created_at),
+        "interval": new.row.poll_interval,
     }
-    return render_template("login.html", next=request.full_path, error=None, qr=qr,
-                           client=client, return_to=request.full_path)
+    if new.row.binding_code is not None:
+        body["binding_code"] = new.row.binding_code
+    if wants_html():
+        return _login_page(grant, qr=body, status=201)
+    response = jsonify(body)
+    response.status_code = 201
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.post("/authorize/qr")
 def authorize_qr():
-    """The hosted login page's QR was approved or denied on the phone: finish this browser's
-    authorization request with that outcome (a code with amr ["qr"], or error=access_denied)."""
+    """The hosted login page's QR was approved or denied on the phone: answer the authorization
+    request kept with the ticket (a code with amr ["qr"], or error=access_denied). The browser is
+    not signed in at the provider."""
     p = parts()
-    check_csrf()
-    return_to = safe_next(request.form.get("return_to"))
     row = p.tickets.by_ticket(request.form.get("ticket", ""))
-    if row is None or row.kind != "authorize" or not constant_equals(
-            row.id, session.get("qr_ticket_id")):
-        return render_template("error.html", error="invalid_request",
-                               description="This sign-in is not waiting here any more."), 400
+    flows = session.get("qr_flows", [])
+    if (row is None or row.kind != "authorize" or not isinstance(flows, list)
+            or digest(row.id) not in flows or not isinstance(row.auth_request, dict)):
+        return error_page("invalid_request", "This sign-in is not waiting here any more.", 400)
+    params = row.auth_request
     status = row.public_status()
-    if status == "approved" and p.tickets.redeem(row, time.time()):
-        p.db.session.commit()
-        flush_after_commit()  # ticket.redeemed
-        session.clear()  # a new session for the user who approved (no fixation)
-        audit("signin", user_id=row.user_id, amr="qr", ticket=row.id)
-        session["uid"] = row.user_id
-        session["auth_time"] = row.decided_at
-        session["amr"] = "qr"
-    elif status == "denied":
-        session.pop("qr_ticket_id", None)
-    else:
-        # pending, expired or already used: show the page again, with a fresh QR
-        return redirect(return_to)
-    session["qr_outcome"] = {"client_id": row.client_id, "outcome": status}
-    return redirect(return_to)
+    if status not in ("approved", "denied"):
+        # pending, expired or already used: the login page again, with a fresh QR
+        return redirect(url_for("pages.authorize") + "?" + urlencode(params))
+    session["qr_flows"] = [f for f in flows if f != digest(row.id)]
+    try:
+        kept = kept_request(params)
+        grant = p.server.get_consent_grant(request=kept, end_user=None)
+    except OAuth2Error as exc:  # the client changed since (a redirect URI removed, say)
+        return authorization_error(exc)
+    allow_form_target(grant.redirect_uri)
+    if status == "denied":
+        return p.server.create_authorization_response(request=kept, grant_user=None, grant=grant)
+    user = p.db.session.get(User, row.user_id)
+    kept.auth_time, kept.amr = row.decided_at, "qr"
+    response = p.server.create_authorization_response(request=kept, grant_user=user, grant=grant)
+    if response.status_code != 302 or "code=" not in response.headers.get("Location", ""):
+        return response  # an error the client is told of; the ticket stays as it is
+    if not p.tickets.redeem(row, time.time()):
+        p.db.session.rollback()
+        return error_page("invalid_request", "This sign-in was used already.", 400)
+    p.db.session.commit()
+    flush_after_commit()  # ticket.redeemed
+    audit("code.issued", user_id=row.user_id, client_id=row.client_id, amr="qr", ticket=row.id)
+    return response
 
 
 # -- confirmation in a browser: QR opened without the app, or a typed user code ---------------------
-@bp.get("/s/<scan_code>")
+@bp.route("/s/<scan_code>", methods=["GET", "POST"])
 def scanned_in_browser(scan_code: str):
+    """The QR's link. Opening it changes nothing (whoever made the ticket learns nothing of who
+    opened it): the page asks the signed-in person to continue, and only that POST scans."""
     user = current_user()
     if user is None:
         return redirect(url_for("pages.login", next=request.path))
-    return _confirm_screen(scan_code=scan_code)
+    if request.method == "POST":
+        return _confirm_screen(scan_code=scan_code)
+    row, _code = parts().tickets.by_code(scan_code, None)
+    if row is None:
+        return error_page("unknown_code", "No login is waiting for this code.", 404)
+    status = row.public_status()
+    if status not in ("pending", "scanned"):
+        return error_page("expired" if status == "expired" else "invalid_state",
+                          "This sign-in request is no longer waiting.",
+                          410 if status == "expired" else 409)
+    client = parts().db.session.get(Client, row.client_id)
+    return render_template("continue.html", client=client, user=user, scan_code=scan_code)
 
 
 @bp.route("/device", methods=["GET", "POST"])
@@ -311,7 +428,6 @@ def device():
         return redirect(url_for("pages.login", next=request.path))
     if request.method == "GET":
         return render_template("device.html", error=None)
-    check_csrf()
     return _confirm_screen(user_code=request.form.get("user_code", ""))
 
 
@@ -330,11 +446,10 @@ def _confirm_screen(scan_code: str | None = None, user_code: str | None = None):
     except TicketError as exc:
         if user_code is not None and exc.error == "unknown_code":
             return render_template("device.html", error="No login is waiting for this code."), 404
-        return render_template("error.html", error=exc.error,
-                               description=exc.description), exc.status
+        return error_page(exc.error, exc.description, exc.status)
     client = p.db.session.get(Client, row.client_id)
     view = p.tickets.scan_view(row, code, client)
-    session["confirm_ticket"] = row.id
+    session["confirm_ticket"] = digest(row.id)
     return render_template("confirm.html", view=view, code=code)
 
 
@@ -344,12 +459,10 @@ def confirm():
     user = current_user()
     if user is None:
         return redirect(url_for("pages.login"))
-    check_csrf()
     code = request.form.get("user_code", "")
     row, _ = p.tickets.by_code(None, code)
-    if row is None or not constant_equals(row.id, session.get("confirm_ticket")):
-        return render_template("error.html", error="unknown_code",
-                               description="No login is waiting for this code."), 404
+    if row is None or not constant_equals(digest(row.id), session.get("confirm_ticket")):
+        return error_page("unknown_code", "No login is waiting for this code.", 404)
     try:
         if request.form.get("decision") == "approve":
             p.tickets.approve(row, user, request.form.get("binding_code"))
@@ -358,7 +471,6 @@ def confirm():
             p.tickets.deny(row, user)
             outcome = "denied"
     except TicketError as exc:
-        return render_template("error.html", error=exc.error,
-                               description=exc.description), exc.status
+        return error_page(exc.error, exc.description, exc.status)
     session.pop("confirm_ticket", None)
     return render_template("done.html", outcome=outcome)

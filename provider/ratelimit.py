@@ -5,10 +5,17 @@ one atomic upsert (``INSERT ... ON CONFLICT DO UPDATE SET count = count + 1 RETU
 Redis ``INCR``, so several instances share one counter. Over the limit the caller answers 429 with
 ``Retry-After`` (the seconds left in the window) and ``{"error": "too_many_requests"}``.
 
+Counting comes first: ``hit`` increments and compares in one step, before the work it limits
+(the password check, the user-code lookup), so parallel attempts cannot all pass a limit that one
+would; a success gives its count back (``give_back``). The counters use the request's own
+database session (a request never needs a second connection) and are committed at once.
+
 What is limited (SPEC.md; RFC 8628 §5.1 for user codes):
-- ticket creation, per client and per IP (every creation counts);
-- user-code entry, per user and per IP (wrong codes count);
-- sign-in, per account and per IP (failed passwords count).
+- ticket creation, per client (at the client's own ``--ticket-rate`` if it has one) and per
+  requester address (``requester_ip`` from a confidential client's backend, else the peer; a
+  confidential client that passes none is limited per client only);
+- user-code entry, per user and per IP (only wrong codes stay counted);
+- sign-in, per account and per IP (only failed passwords stay counted).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -53,6 +60,14 @@ def parse_limit(name: str, raw: str) -> Limit | None:
     return Limit(count, window)
 
 
+# Redis: take one back from a counter that still exists, never below zero
+_GIVE_BACK = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
+
+
 class TooManyRequests(Exception):
     def __init__(self, retry_after: int):
         super().__init__(f"retry after {retry_after} s")
@@ -74,18 +89,27 @@ class RateLimiter:
         index = int(at // limit.window)
         return index, (index + 1) * limit.window
 
-    def _count(self, key: str, ends: float, at: float, add: int) -> int:
+    def _count(self, key: str, ends: float, add: int) -> int:
+        """Add ``add`` (1, 0 or -1) to a window's counter; returns the count after it."""
         if self.redis is not None:
-            if add:
+            if add > 0:
                 pipe = self.redis.pipeline()
                 pipe.incrby(key, add)
                 pipe.expireat(key, math.ceil(ends) + 1)
                 return int(pipe.execute()[0])
+            if add < 0:
+                return int(self.redis.eval(_GIVE_BACK, 1, key))
             return int(self.redis.get(key) or 0)
-        with self.db.session_factory() as session:
-            if not add:
-                row = session.get(RateCounter, key)
-                return row.count if row else 0
+        session = self.db.session
+        if add == 0:
+            count = session.scalar(select(RateCounter.count).where(RateCounter.key == key)) or 0
+        elif add < 0:
+            session.execute(update(RateCounter).where(RateCounter.key == key,
+                                                      RateCounter.count > 0)
+                            .values(count=RateCounter.count - 1)
+                            .execution_options(synchronize_session=False))
+            count = 0
+        else:
             dialect = session.get_bind().dialect.name
             insert = pg_insert if dialect == "postgresql" else sqlite_insert
             statement = (
@@ -96,8 +120,8 @@ class RateLimiter:
                 .returning(RateCounter.count)
             )
             count = session.execute(statement).scalar_one()
-            session.commit()
-            return count
+        session.commit()  # at once: the window is shared with every other request
+        return count
 
     def _key(self, kind: str, subject: str, limit: Limit, at: float) -> tuple[str, float]:
         """The counter's name: a digest, so no address or username is kept in clear, and
@@ -106,25 +130,41 @@ class RateLimiter:
         name = f"{self.namespace}|{kind}|{subject}|{limit.window}|{index}"
         return "qr-oidc:rl:" + hashlib.sha256(name.encode()).hexdigest(), ends
 
-    def hit(self, kind: str, subject: str | None, refuse: bool = True) -> None:
-        """Count one event; with ``refuse``, raise TooManyRequests if it goes over the limit
-        (without: a failure is counted and the next ``check`` refuses)."""
-        limit = self.limits[kind]
+    def hit(self, kind: str, subject: str | None, limit: Limit | None | str = "default") -> None:
+        """Count one attempt, then refuse it (TooManyRequests) if that went over the limit: one
+        atomic increment-and-compare, so parallel attempts cannot all pass. ``limit`` replaces
+        the configured one (a client's own rate; None: unlimited)."""
+        limit = self.limits[kind] if limit == "default" else limit
         if limit is None or not subject:
             return
         at = time.time()
         key, ends = self._key(kind, subject[:150], limit, at)
-        if self._count(key, ends, at, 1) > limit.count and refuse:
+        if self._count(key, ends, 1) > limit.count:
             raise TooManyRequests(max(1, math.ceil(ends - at)))
 
+    @staticmethod
+    def client_limit(client) -> Limit | None | str:
+        """A client's own ticket creation limit (``clients create --ticket-rate``), else
+        ``"default"`` (QR_OIDC_RATE_TICKET_CLIENT)."""
+        return parse_limit("ticket_rate", client.ticket_rate) if client.ticket_rate else "default"
+
+    def give_back(self, kind: str, subject: str | None) -> None:
+        """Undo a ``hit`` whose attempt succeeded (a right password, a known user code): only
+        failures stay counted. Never below zero."""
+        limit = self.limits[kind]
+        if limit is None or not subject:
+            return
+        key, ends = self._key(kind, subject[:150], limit, time.time())
+        self._count(key, ends, -1)
+
     def check(self, kind: str, subject: str | None) -> None:
-        """Raise TooManyRequests if the limit is used up, without counting (failure counters)."""
+        """Raise TooManyRequests if the limit is used up, without counting."""
         limit = self.limits[kind]
         if limit is None or not subject:
             return
         at = time.time()
         key, ends = self._key(kind, subject[:150], limit, at)
-        if self._count(key, ends, at, 0) >= limit.count:
+        if self._count(key, ends, 0) >= limit.count:
             raise TooManyRequests(max(1, math.ceil(ends - at)))
 
     def purge(self) -> int:

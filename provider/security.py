@@ -71,8 +71,9 @@ def binding_code() -> str:
 def binding_choices(correct: str, seed: str) -> list[str]:
     """Three distinct two-digit choices, the correct one among them.
 
-    The distractors and the order are fixed per ticket (``seed`` is its internal id, never shown):
-    a user who scans twice must not learn the right one by seeing which choice stayed.
+    The distractors and the order are fixed per ticket (``seed`` is keyed with a server secret
+    from the ticket's id: grants/tickets.py): a user who scans twice must not learn the right
+    one by seeing which choice stayed, and nothing a browser holds derives them.
     """
     rng = random.Random(hmac.new(seed.encode(), b"binding", hashlib.sha256).digest())
     choices = {correct}

@@ -38,6 +38,7 @@ def _post_fork(_server, _worker):
     parts.db.engine.dispose(close=False)
     if parts.db._autocommit is not None:
         parts.db._autocommit.dispose(close=False)
+    parts.keys.start_refresher()
     if parts.db.engine.dialect.name == "postgresql":
         PgListener(parts.db.engine.url, parts.notifier).start()
     elif parts.db.is_sqlite:

@@ -29,6 +29,13 @@ def web_client(provider):
 
 
 @pytest.fixture(scope="session")
+def post_client(provider):
+    """A confidential relying party registered with client_secret_post (secret in the body)."""
+    return provider.create_client("--name", "Form shop", "--token-endpoint-auth-method",
+                                  "client_secret_post")
+
+
+@pytest.fixture(scope="session")
 def public_client(provider):
     return provider.create_client("--name", "Single-page app", "--public")
 

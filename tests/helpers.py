@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlsplit
+from html.parser import HTMLParser
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import requests
 
@@ -190,7 +191,7 @@ class Provider:
 
     # -- relying party ------------------------------------------------------------------------
     def create_ticket(self, client: dict, **params) -> requests.Response:
-        data = {"scope": "openid profile", **params}
+        data = {"scope": "openid profile", **in_body(client), **params}
         return requests.post(self.url + "/qr/ticket", data=data, auth=_auth(client),
                              timeout=30)
 
@@ -201,7 +202,7 @@ class Provider:
 
     def poll(self, client: dict, ticket: str, as_json: bool = False, **extra) -> requests.Response:
         """A token poll; as a form (which the fast path may answer) or as JSON (always Flask)."""
-        data = {"grant_type": QR_GRANT, "ticket": ticket, **extra}
+        data = {"grant_type": QR_GRANT, "ticket": ticket, **in_body(client), **extra}
         body = {"json": data} if as_json else {"data": data}
         return requests.post(self.url + "/token", auth=_auth(client), timeout=30, **body)
 
@@ -218,10 +219,19 @@ class Provider:
 
 
 def _auth(client: dict):
-    """client_secret_basic for confidential clients; public ones send client_id in the body."""
-    if client.get("client_secret"):
+    """The Basic credentials of a client_secret_basic client (the default); None for others."""
+    if client.get("client_secret") and client.get("token_endpoint_auth_method") != \
+            "client_secret_post":
         return (client["client_id"], client["client_secret"])
     return None
+
+
+def in_body(client: dict) -> dict:
+    """The credentials a client_secret_post client sends in the body; {} for the others (public
+    clients' tests send their client_id themselves)."""
+    if client.get("token_endpoint_auth_method") == "client_secret_post":
+        return {"client_id": client["client_id"], "client_secret": client["client_secret"]}
+    return {}
 
 
 def public_params(client: dict) -> dict:
@@ -235,6 +245,44 @@ def pkce() -> tuple[str, str]:
 
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class _Forms(HTMLParser):
+    """Every <form> with its inputs and buttons (name, type, value)."""
+
+    def __init__(self):
+        super().__init__()
+        self.forms: list[dict] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form":
+            self.forms.append({"method": (attrs.get("method") or "get").lower(),
+                               "action": attrs.get("action"), "id": attrs.get("id"),
+                               "fields": []})
+        elif tag in ("input", "button") and self.forms:
+            kind = attrs.get("type") or ("submit" if tag == "button" else "text")
+            self.forms[-1]["fields"].append({"tag": tag, "name": attrs.get("name"),
+                                             "type": kind.lower(), "value": attrs.get("value")})
+
+
+def forms_of(html: str) -> list[dict]:
+    parser = _Forms()
+    parser.feed(html)
+    return parser.forms
+
+
+def submit_form(session: requests.Session, page: requests.Response, having: str,
+                **data) -> requests.Response:
+    """Post the page's form that has a field named ``having``, as a browser would: its hidden
+    inputs (a value of None in ``data`` leaves one out) and ``data``, to its action."""
+    form = next(f for f in forms_of(page.text) if any(x["name"] == having for x in f["fields"]))
+    body = {x["name"]: x["value"] or "" for x in form["fields"]
+            if x["type"] == "hidden" and x["name"]}
+    body.update(data)
+    body = {k: v for k, v in body.items() if v is not None}
+    action = urljoin(page.url, form["action"] or page.url)
+    return session.post(action, data=body, allow_redirects=False, timeout=30)
 
 
 def csrf_of(html: str) -> str:
@@ -277,9 +325,7 @@ def authorize(provider: Provider, client: dict, username: str, password: str,
         response = session.get(provider.url + response.headers["Location"], allow_redirects=False,
                                timeout=30)
     if response.status_code == 200 and 'name="decision"' in response.text:
-        response = session.post(response.url, data={"decision": "approve",
-                                                     "csrf_token": csrf_of(response.text)},
-                                allow_redirects=False, timeout=30)
+        response = submit_form(session, response, "decision", decision="approve")
     assert response.status_code == 302, response.text
     location = response.headers["Location"]
     assert location.startswith(client["redirect_uris"][0].split("?")[0]), location
@@ -310,3 +356,26 @@ def approved_ticket(provider: Provider, client: dict, phone_token: str, **params
         body["binding_code"] = ticket["binding_code"]
     assert provider.phone("approve", phone_token, **body).status_code == 200
     return ticket
+
+
+# -- the hosted login page's QR, as its script (qr-login.js) drives it ------------------------------
+def page_origin(page: requests.Response) -> str:
+    parts = urlsplit(page.url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def ask_for_qr(browser: requests.Session, page: requests.Response, **data) -> requests.Response:
+    """What the login page's script does on load: post #qr-start and take the ticket as JSON."""
+    form = next(f for f in forms_of(page.text) if f["id"] == "qr-start")
+    body = {x["name"]: x["value"] for x in form["fields"] if x["type"] == "hidden"}
+    body.update(data)
+    return browser.post(page_origin(page) + form["action"], data=body,
+                        headers={"Accept": "application/json"}, timeout=30)
+
+
+def complete_qr(browser: requests.Session, page: requests.Response, ticket: str,
+                **data) -> requests.Response:
+    """What the script does once the phone decided: post #qr-complete with the ticket."""
+    return browser.post(page_origin(page) + "/authorize/qr", data={
+        "csrf_token": csrf_of(page.text), "ticket": ticket, **data},
+        allow_redirects=False, timeout=30)

@@ -5,40 +5,15 @@ party drive them against a real server process: CSRF, passwords, consent, redire
 from __future__ import annotations
 
 import secrets
-from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import pytest
 import requests
-from helpers import authorize, csrf_of, login_form, pkce
+from helpers import authorize, csrf_of, forms_of, login_form, pkce, submit_form
 from test_e2e import verify_with_jwks
 
 
 # -- reading pages -------------------------------------------------------------------------------
-class _Forms(HTMLParser):
-    """Every <form> with its inputs and buttons (name, type, value)."""
-
-    def __init__(self):
-        super().__init__()
-        self.forms: list[dict] = []
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "form":
-            self.forms.append({"method": (attrs.get("method") or "get").lower(),
-                               "action": attrs.get("action"), "fields": []})
-        elif tag in ("input", "button") and self.forms:
-            kind = attrs.get("type") or ("submit" if tag == "button" else "text")
-            self.forms[-1]["fields"].append({"tag": tag, "name": attrs.get("name"),
-                                             "type": kind.lower(), "value": attrs.get("value")})
-
-
-def forms_of(html: str) -> list[dict]:
-    parser = _Forms()
-    parser.feed(html)
-    return parser.forms
-
-
 def fields(form: dict, name: str) -> list[dict]:
     return [f for f in form["fields"] if f["name"] == name]
 
@@ -252,9 +227,7 @@ def test_a_third_party_client_gets_a_consent_form_with_decision_buttons_and_csrf
 def test_approving_the_consent_gives_a_code_that_the_client_exchanges(provider, printer,
                                                                       alice_browser, alice):
     params, verifier, page = _consent_page(provider, alice_browser, printer)
-    response = alice_browser.post(page.url, data={"decision": "approve",
-                                                  "csrf_token": csrf_of(page.text)},
-                                  allow_redirects=False, timeout=30)
+    response = submit_form(alice_browser, page, "decision", decision="approve")
     assert response.status_code in (302, 303), response.text
     location = response.headers["Location"]
     assert location.startswith("https://printer.example/cb?")
@@ -271,9 +244,7 @@ def test_denying_the_consent_redirects_with_access_denied_and_the_state(provider
     params, _verifier, page = _consent_page(provider, alice_browser, printer)
     form = next(f for f in forms_of(page.text) if fields(f, "decision"))
     deny = next(f["value"] for f in fields(form, "decision") if f["value"] != "approve")
-    response = alice_browser.post(page.url, data={"decision": deny,
-                                                  "csrf_token": csrf_of(page.text)},
-                                  allow_redirects=False, timeout=30)
+    response = submit_form(alice_browser, page, "decision", decision=deny)
     assert response.status_code in (302, 303), response.text
     location = response.headers["Location"]
     assert location.startswith("https://printer.example/cb?")
@@ -287,10 +258,7 @@ def test_denying_the_consent_redirects_with_access_denied_and_the_state(provider
 def test_a_consent_approval_without_the_csrf_token_is_refused(provider, printer, alice_browser,
                                                               csrf):
     _params, _verifier, page = _consent_page(provider, alice_browser, printer)
-    data = {"decision": "approve"}
-    if csrf is not None:
-        data["csrf_token"] = csrf
-    response = alice_browser.post(page.url, data=data, allow_redirects=False, timeout=30)
+    response = submit_form(alice_browser, page, "decision", decision="approve", csrf_token=csrf)
     assert response.status_code == 400
     assert "code=" not in response.headers.get("Location", "")
 

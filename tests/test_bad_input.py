@@ -178,7 +178,7 @@ def assert_json_error(name: str, response: requests.Response) -> dict:
 
 def table_counts(server) -> dict:
     return {table: server.db(f"SELECT COUNT(*) FROM {table}")[0][0]
-            for table in ("tickets", "tokens", "authorization_codes", "clients", "users")}
+            for table in ("tickets", "tokens", "redeemed_codes", "clients", "users")}
 
 
 # -- bodies ---------------------------------------------------------------------------------------

@@ -212,6 +212,13 @@ def phone_signs_in(phone, demo) -> None:
 def phone_pastes(phone, content: str) -> None:
     phone.get_by_label("Paste the QR content").fill(content)
     phone.get_by_role("button", name="Scan").click()
+    phone_continues(phone)
+
+
+def phone_continues(phone) -> None:
+    """The QR's link opens a page that changes nothing until the person presses Continue."""
+    expect(phone.get_by_role("heading", level=1)).to_contain_text("Continue signing in to")
+    phone.get_by_role("button", name="Continue").click()
     expect(phone.get_by_role("heading", level=1)).to_contain_text("Sign in to")
 
 
@@ -340,8 +347,12 @@ def test_phone_scans_a_picked_picture_of_the_qr(contexts, demo, tmp_path):
     shot(phone, "phone-0-not-a-qr")
 
     phone.get_by_label("Or pick a picture of the QR code").set_input_files(str(picture))
-    expect(phone.get_by_role("heading", level=1)).to_have_text("Sign in to Demo shop?")
+    expect(phone.get_by_role("heading", level=1)).to_have_text(
+        "Continue signing in to Demo shop?")
     assert phone.url == content  # what the page decoded from the picture
+    widget_state(computer, "pending")  # opening the link scanned nothing
+    phone_continues(phone)
+    expect(phone.get_by_role("heading", level=1)).to_have_text("Sign in to Demo shop?")
     widget_state(computer, "scanned")
     phone.get_by_role("button", name="Approve").click()
     expect(computer.locator("#demo-name")).to_have_text("Dana Demo")

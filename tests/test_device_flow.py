@@ -159,6 +159,21 @@ def sign_in_on_the_way(browser: requests.Session, url: str, username: str, passw
     return browser.get(urljoin(response.url, signed_in.headers["Location"]), timeout=10)
 
 
+def open_the_qr(browser: requests.Session, provider: Provider, url: str, secret: str,
+                username: str = "alice", password: str = "alice-password") -> requests.Response:
+    """Open the QR's link ``url`` signed out, sign in on the way, and press Continue on the page
+    it shows; opening the link itself changes nothing (``secret`` polls the ticket's status).
+    Returns the page Continue leads to."""
+    before = provider.status(secret).json()["status"]
+    landed = sign_in_on_the_way(browser, url, username, password)
+    assert landed.status_code == 200, landed.text
+    assert provider.status(secret).json()["status"] == before  # a GET scans nothing
+    page = Page(landed)
+    form = page.form_with("csrf_token")
+    assert form["method"] == "post" and form["action"] == url
+    return browser.post(form["action"], data=page.hidden(form), timeout=10)
+
+
 def assert_confirmation_screen(page: Page, client_name: str, scopes: list[str]):
     text = page.text
     assert client_name in text
@@ -196,8 +211,8 @@ def test_the_qr_content_opened_signed_out_leads_through_sign_in_to_the_confirmat
     device = device_authorization(provider, tv, scope="openid profile email")
     assert device["verification_uri_complete"].startswith(provider.meta["issuer"] + "/")
     browser = requests.Session()
-    screen = sign_in_on_the_way(browser, device["verification_uri_complete"], "alice",
-                                "alice-password")
+    screen = open_the_qr(browser, provider, device["verification_uri_complete"],
+                         device["device_code"])
     assert screen.status_code == 200, screen.text
     page = Page(screen)
     assert_confirmation_screen(page, "Living-room TV", ["openid", "profile", "email"])
@@ -212,8 +227,8 @@ def test_approving_in_the_browser_gives_the_device_its_tokens(provider, tv, kios
     client = tv if which == "tv" else kiosk
     device = device_authorization(provider, client)
     browser = requests.Session()
-    screen = sign_in_on_the_way(browser, device["verification_uri_complete"], "alice",
-                                "alice-password")
+    screen = open_the_qr(browser, provider, device["verification_uri_complete"],
+                         device["device_code"])
     done = decide(browser, Page(screen), "approve")
     assert done.status_code == 200, done.text
     assert device_status(provider, device) == "approved"
@@ -233,8 +248,8 @@ def test_approving_in_the_browser_gives_the_device_its_tokens(provider, tv, kios
 def test_cancelling_in_the_browser_gives_the_device_access_denied(provider, tv, alice):
     device = device_authorization(provider, tv)
     browser = requests.Session()
-    screen = sign_in_on_the_way(browser, device["verification_uri_complete"], "alice",
-                                "alice-password")
+    screen = open_the_qr(browser, provider, device["verification_uri_complete"],
+                         device["device_code"])
     done = decide(browser, Page(screen), "cancel")
     assert done.status_code == 200, done.text
     assert device_status(provider, device) == "denied"
@@ -246,11 +261,11 @@ def test_cancelling_in_the_browser_gives_the_device_access_denied(provider, tv, 
 def test_a_second_user_opening_the_same_qr_is_refused(provider, tv, alice, bob):
     device = device_authorization(provider, tv)
     alice_browser = requests.Session()
-    sign_in_on_the_way(alice_browser, device["verification_uri_complete"], "alice",
-                       "alice-password")
+    open_the_qr(alice_browser, provider, device["verification_uri_complete"],
+                device["device_code"])
     bob_browser = requests.Session()
-    refused = sign_in_on_the_way(bob_browser, device["verification_uri_complete"], "bob",
-                                 "bob-password")
+    refused = open_the_qr(bob_browser, provider, device["verification_uri_complete"],
+                          device["device_code"], "bob", "bob-password")
     assert refused.status_code == 409
     assert not any(b["attrs"].get("name") == "decision"
                    for f in Page(refused).forms for b in f["buttons"])
@@ -328,8 +343,8 @@ def test_the_code_entry_form_needs_its_csrf_token(provider, tv, alice, token):
 def test_the_confirmation_form_needs_its_csrf_token(provider, tv, alice, token):
     device = device_authorization(provider, tv)
     browser = requests.Session()
-    screen = sign_in_on_the_way(browser, device["verification_uri_complete"], "alice",
-                                "alice-password")
+    screen = open_the_qr(browser, provider, device["verification_uri_complete"],
+                         device["device_code"])
     page = Page(screen)
     form, _approve, _cancel = decision_buttons(page)
     data = {**page.hidden(form), "decision": "approve"}
@@ -360,7 +375,7 @@ def test_a_number_matching_qr_in_the_browser_offers_three_choices(provider, nm_c
     decision form; the right one approves, a wrong one denies the ticket."""
     ticket = provider.ticket(nm_client, scope="openid profile")
     browser = requests.Session()
-    screen = sign_in_on_the_way(browser, ticket["qr_content"], "alice", "alice-password")
+    screen = open_the_qr(browser, provider, ticket["qr_content"], ticket["ticket"])
     assert screen.status_code == 200, screen.text
     page = Page(screen)
     choices = choices_on(page)
@@ -383,7 +398,7 @@ def test_approving_a_number_matching_ticket_without_a_pick_changes_nothing(provi
                                                                            alice):
     ticket = provider.ticket(nm_client, scope="openid profile")
     browser = requests.Session()
-    page = Page(sign_in_on_the_way(browser, ticket["qr_content"], "alice", "alice-password"))
+    page = Page(open_the_qr(browser, provider, ticket["qr_content"], ticket["ticket"]))
     assert len(choices_on(page)) == 3
     refused = decide(browser, page, "approve")
     assert refused.status_code == 400
@@ -401,8 +416,8 @@ def test_a_number_matching_device_gets_the_number_to_show(provider, alice):
     device = device_authorization(provider, bank_tv)
     assert re.fullmatch(r"[0-9]{2}", str(device.get("binding_code"))), device
     browser = requests.Session()
-    page = Page(sign_in_on_the_way(browser, device["verification_uri_complete"], "alice",
-                                   "alice-password"))
+    page = Page(open_the_qr(browser, provider, device["verification_uri_complete"],
+                            device["device_code"]))
     assert device["binding_code"] in choices_on(page)
     decide(browser, page, "approve", binding_code=device["binding_code"])
     assert device_poll(provider, bank_tv, device).status_code == 200

@@ -153,11 +153,11 @@ def test_public_client_with_pkce(provider, public_client, alice_phone):
     assert "id_token" in right.json()
 
 
-def test_token_poll_with_client_secret_post(provider, web_client, alice_phone):
-    ticket = approved_ticket(provider, web_client, alice_phone, scope="profile")
+def test_token_poll_with_client_secret_post(provider, post_client, alice_phone):
+    ticket = approved_ticket(provider, post_client, alice_phone, scope="profile")
     response = requests.post(provider.url + "/token", data={
         "grant_type": QR_GRANT, "ticket": ticket["ticket"],
-        "client_id": web_client["client_id"], "client_secret": web_client["client_secret"],
+        "client_id": post_client["client_id"], "client_secret": post_client["client_secret"],
     }, timeout=10)
     assert response.status_code == 200, response.text
     assert "id_token" not in response.json()  # no openid scope: OAuth only

@@ -13,7 +13,7 @@ import pytest
 import requests
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from helpers import csrf_of
+from helpers import ask_for_qr, complete_qr
 
 REDIRECT = "https://rp.example/callback"
 
@@ -24,35 +24,32 @@ def rp_client(provider):
                                   "--grant-type", "authorization_code")
 
 
-def start(provider, client, **extra):
-    """The relying party sends the browser to the authorization endpoint; the page shows a QR."""
+def start(provider, client, browser=None, **extra):
+    """The relying party sends the browser to the authorization endpoint; the page's script asks
+    for its QR (a POST, as qr-login.js does)."""
     rp = OAuth2Session(client["client_id"], client["client_secret"], scope="openid profile",
                        redirect_uri=REDIRECT, code_challenge_method="S256")
     verifier = secrets.token_urlsafe(48)
     nonce = secrets.token_urlsafe(12)
     uri, state = rp.create_authorization_url(provider.meta["authorization_endpoint"],
                                              code_verifier=verifier, nonce=nonce, **extra)
-    browser = requests.Session()
+    browser = browser or requests.Session()
     page = browser.get(uri, timeout=10)
     assert page.status_code == 200
     assert 'name="username"' in page.text and 'name="password"' in page.text  # beside the QR
-    ticket = re.search(r'data-ticket="([^"]+)"', page.text).group(1)
-    scan_code = re.search(r'src="[^"]*/qr/([^"/]+)\.png"', page.text).group(1)
-    return rp, browser, page, {"ticket": ticket, "scan_code": scan_code, "state": state,
+    made = ask_for_qr(browser, page)
+    assert made.status_code == 201, made.text
+    ticket = made.json()
+    return rp, browser, page, {"ticket": ticket["ticket"],
+                               "scan_code": ticket["qr_content"].rsplit("/", 1)[1],
+                               "binding_code": ticket.get("binding_code"), "state": state,
                                "verifier": verifier, "nonce": nonce}
 
 
 def finish(provider, browser, page, flow) -> requests.Response:
-    """What the page's script does once the status long poll says the phone decided."""
-    return_to = re.search(r'name="return_to" value="([^"]+)"', page.text).group(1)
-    response = browser.post(provider.url + "/authorize/qr", data={
-        "csrf_token": csrf_of(page.text), "ticket": flow["ticket"],
-        "return_to": return_to.replace("&amp;", "&"),
-    }, allow_redirects=False, timeout=10)
-    assert response.status_code == 302
-    # back to the authorization endpoint, which answers the relying party
-    response = browser.get(provider.url + response.headers["Location"], allow_redirects=False,
-                           timeout=10)
+    """What the page's script does once the status long poll says the phone decided: the
+    provider answers the relying party at once, from the request kept with the ticket."""
+    response = complete_qr(browser, page, flow["ticket"])
     assert response.status_code == 302, response.text
     return response
 
@@ -93,9 +90,7 @@ def test_approving_on_the_phone_continues_the_code_flow_with_amr_qr(provider, rp
     assert claims["nonce"] == flow["nonce"]
     assert claims["aud"] == rp_client["client_id"]
     # the ticket is used up: the page cannot finish twice
-    again = browser.post(provider.url + "/authorize/qr", data={
-        "csrf_token": csrf_of(page.text), "ticket": flow["ticket"], "return_to": "/"},
-        allow_redirects=False, timeout=10)
+    again = complete_qr(browser, page, flow["ticket"])
     assert again.status_code in (302, 400)
     assert "code=" not in again.headers.get("Location", "")
 
@@ -114,13 +109,11 @@ def test_denying_on_the_phone_redirects_with_access_denied_and_state(provider, r
 
 def test_a_pending_ticket_cannot_finish_the_flow(provider, rp_client):
     _rp, browser, page, flow = start(provider, rp_client)
-    return_to = re.search(r'name="return_to" value="([^"]+)"', page.text).group(1)
-    response = browser.post(provider.url + "/authorize/qr", data={
-        "csrf_token": csrf_of(page.text), "ticket": flow["ticket"],
-        "return_to": return_to.replace("&amp;", "&")}, allow_redirects=False, timeout=10)
+    response = complete_qr(browser, page, flow["ticket"])
     # back to the login page with a new QR, never to the relying party
     assert response.status_code == 302
     assert not response.headers["Location"].startswith(REDIRECT)
+    assert response.headers["Location"].startswith("/authorize?")
 
 
 def test_another_browser_cannot_finish_with_a_stolen_ticket(provider, rp_client, alice_phone):
@@ -129,18 +122,15 @@ def test_another_browser_cannot_finish_with_a_stolen_ticket(provider, rp_client,
     assert provider.phone("approve", alice_phone, scan_code=flow["scan_code"]).status_code == 200
     attacker = requests.Session()
     attacker_page = attacker.get(provider.url + "/login", timeout=10)
-    response = attacker.post(provider.url + "/authorize/qr", data={
-        "csrf_token": csrf_of(attacker_page.text), "ticket": flow["ticket"], "return_to": "/"},
-        allow_redirects=False, timeout=10)
+    response = complete_qr(attacker, attacker_page, flow["ticket"])
     assert response.status_code == 400
 
 
 def test_number_matching_applies_to_the_hosted_page(provider):
     client = provider.create_client("--name", "Bank portal", "--number-matching",
                                     "--redirect-uri", REDIRECT)
-    _rp, _browser, page, _flow = start(provider, client)
-    binding = re.search(r'data-binding-code="(\d\d)"', page.text)
-    assert binding, "the page shows the number to pick"
+    _rp, _browser, _page, flow = start(provider, client)
+    assert re.fullmatch(r"\d\d", flow["binding_code"]), "the page shows the number to pick"
 
 
 def test_pkce_s256_is_what_the_page_flow_checks(provider, rp_client, alice_phone):
@@ -196,7 +186,7 @@ def test_the_page_flow_redemption_is_audited_like_the_token_endpoint_one(provide
                       and e.get("client_id") == rp_client["client_id"]}
         redeemed = [e for e in events if e["event"] == "ticket.redeemed"
                     and e.get("ticket") in ticket_ids]
-        signin = [e for e in events if e["event"] == "signin" and e.get("amr") == "qr"
+        signin = [e for e in events if e["event"] == "code.issued" and e.get("amr") == "qr"
                   and e.get("ticket") in ticket_ids]
         if (redeemed and signin) or time.monotonic() > deadline:
             break

@@ -40,15 +40,30 @@ def wrong_code() -> str:
     return "BCDF-" + "".join(secrets.choice("GHJKLMNP") for _ in range(4))
 
 
-def test_ticket_creation_is_limited_per_client_and_per_ip(tight):
+def test_ticket_creation_is_limited_per_client_and_per_address(tight):
     first, second = (tight.create_client("--name", n) for n in ("First", "Second"))
     for _ in range(3):
         assert tight.create_ticket(first).status_code == 201
     assert_limited(tight.create_ticket(first))           # the client's 3 are used up
-    assert tight.create_ticket(second).status_code == 201  # another client may: 5th from this IP
-    assert_limited(tight.create_ticket(second))          # but the address's 5 are used up
-    device = requests.post(tight.url + "/device_authorization", data={"scope": "openid"},
-                           auth=(second["client_id"], second["client_secret"]), timeout=10)
+    # a backend is not one person: its own address counts for nothing (6 > 5 from it now)
+    for _ in range(3):
+        assert tight.create_ticket(second).status_code == 201
+    # the person's address it passes does count, across clients
+    roomy, other = (tight.create_client("--name", n, "--ticket-rate", "100/600")
+                    for n in ("Roomy", "Other"))
+    for client in (roomy, roomy, roomy, roomy, other):
+        assert tight.create_ticket(client, requester_ip="203.0.113.7").status_code == 201
+    assert_limited(tight.create_ticket(roomy, requester_ip="203.0.113.7"))
+    assert tight.create_ticket(roomy, requester_ip="203.0.113.8").status_code == 201
+    # a public client's requester is the peer: 5 from this address, then no more
+    spa = tight.create_client("--name", "SPA", "--public", "--ticket-rate", "100/600")
+    pkce = {"client_id": spa["client_id"], "code_challenge": "x" * 43,
+            "code_challenge_method": "S256"}
+    for _ in range(5):
+        assert tight.create_ticket(spa, **pkce).status_code == 201
+    assert_limited(tight.create_ticket(spa, **pkce))
+    device = requests.post(tight.url + "/device_authorization",
+                           data={"scope": "openid", "client_id": spa["client_id"]}, timeout=10)
     assert_limited(device)
 
 
@@ -121,10 +136,11 @@ def test_the_limits_hold_across_two_instances(tmp_path_factory, store):
         a.start()
         b.start()
         web = a.create_client("--name", "Shared")
-        codes = [server.create_ticket(web).status_code for server in (a, b, a, b)]
+        person = {"requester_ip": "198.51.100.9"}
+        codes = [server.create_ticket(web, **person).status_code for server in (a, b, a, b)]
         assert codes == [201] * 4
-        assert_limited(a.create_ticket(web))
-        assert_limited(b.create_ticket(web))
+        assert_limited(a.create_ticket(web, **person))
+        assert_limited(b.create_ticket(web, **person))
         if store == "postgresql":
             assert a.db("SELECT COUNT(*) FROM rate_counters")[0][0] >= 1
         else:  # the counters live in Redis, not in the database

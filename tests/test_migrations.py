@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from provider import migrate  # noqa: E402
 from provider.models import Base  # noqa: E402  (the models register their tables on it)
 
-REVISIONS = ["0001", "0002", "0003", "0004"]
+REVISIONS = ["0001", "0002", "0003", "0004", "0005"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -88,10 +88,27 @@ def test_rows_survive_an_upgrade_and_the_server_then_starts(fresh):
                 "number_matching, redirect_uris, grant_types, scope, created_at) VALUES "
                 "('old-client', 'Old shop', NULL, true, false, false, '[]', "
                 "'[\"urn:qr-oidc:params:oauth:grant-type:qr-ticket\"]', 'openid', 0)")
+            connection.exec_driver_sql(
+                "INSERT INTO clients (client_id, name, secret_hash, public, first_party, "
+                "number_matching, redirect_uris, grant_types, scope, created_at) VALUES "
+                "('old-backend', 'Old backend', 'x', false, false, false, '[]', '[]', 'openid', 0)")
+            for jti, revoked, refresh in (("t1", "true", "r1"), ("t2", "false", "r2"),
+                                          ("t3", "false", None)):
+                connection.exec_driver_sql(
+                    "INSERT INTO tokens (jti, client_id, grant_type, scope, issued_at, expires_at,"
+                    " revoked, refresh_token_hash) VALUES "
+                    f"('{jti}', 'old-client', 'x', 'openid', 0, 0, {revoked}, "
+                    f"{repr(refresh) if refresh else 'NULL'})")
     finally:
         engine.dispose()
     out = fresh.cli("db", "upgrade")
     assert f"{REVISIONS[0]} -> {REVISIONS[-1]}" in out.stdout
+    # 0005: each client has the one authentication method it used; a refresh token revoked
+    # before counts as rotated (a reuse of it still revokes its family)
+    assert sorted(fresh.db("SELECT client_id, token_endpoint_auth_method FROM clients")) == [
+        ("old-backend", "client_secret_basic"), ("old-client", "none")]
+    assert sorted(fresh.db("SELECT jti, refresh_status FROM tokens")) == [
+        ("t1", "rotated"), ("t2", "active"), ("t3", None)]
     fresh.start()
     challenge = "E9Melhoa2OwvFrEMTJguCHaoeJF8bB6fCqnvTTdtpm8"  # RFC 7636 appendix B
     ticket = requests.post(fresh.url + "/qr/ticket", timeout=30, data={

@@ -48,6 +48,8 @@ HTML_ROUTES = {
     "/login",
     "/logout",
     "/authorize",
+    "/authorize/ticket",
+    "/authorize/consent",
     "/authorize/qr",
     "/s/<scan_code>",
     "/device",
@@ -259,13 +261,15 @@ def creds(server) -> dict:
     limited = server.create_client("--name", "QR only", "--grant-type", QR_GRANT,
                                    "--scope", "openid profile")
     banking = server.create_client("--name", "Bank", "--number-matching")
+    form = server.create_client("--name", "Form shop", "--token-endpoint-auth-method",
+                                "client_secret_post")
     phone = phone_app(server)
     server.create_user("alice", "alice-password", name="Alice Liddell",
                        picture="https://pics.example/alice.png", email="alice@example.org")
     server.create_user("bob", "bob-password", name="Bob Builder")
     alice = sign_in_phone(server, phone, "alice", "alice-password")["access_token"]
     bob = sign_in_phone(server, phone, "bob", "bob-password")["access_token"]
-    return {"web": web, "limited": limited, "bank": banking, "phone": phone,
+    return {"web": web, "limited": limited, "bank": banking, "form": form, "phone": phone,
             "alice": alice, "bob": bob}
 
 
@@ -368,8 +372,9 @@ def test_real_answers_for_every_spec_error_and_every_success_conform_to_the_docu
     ticket = c.check("/qr/ticket", "POST", post("/qr/ticket", {"scope": "openid profile email "
                                                 "offline_access", "nonce": "n-1"}, auth=basic(web)),
                      201)
+    form = creds["form"]
     c.check("/qr/ticket", "POST", post("/qr/ticket", json_body={
-        "client_id": web["client_id"], "client_secret": web["client_secret"]}), 201)
+        "client_id": form["client_id"], "client_secret": form["client_secret"]}), 201)
     code = scan_code(ticket)
     c.check("/qr/{scan_code}.{fmt}", "GET", requests.get(f"{url}/qr/{code}.png", timeout=30), 200)
     c.check("/qr/{scan_code}.{fmt}", "GET", requests.get(f"{url}/qr/{code}.svg", timeout=30), 200)
@@ -772,7 +777,7 @@ def assert_database_unharmed(server) -> None:
                         OR (user_id IS NOT NULL AND user_id NOT IN (SELECT id FROM users))""") == []
     assert server.db("""SELECT id FROM tickets WHERE client_id NOT IN (SELECT client_id FROM clients)
                         OR (user_id IS NOT NULL AND user_id NOT IN (SELECT id FROM users))""") == []
-    assert server.db("""SELECT code_hash FROM authorization_codes
+    assert server.db("""SELECT code_hash FROM redeemed_codes
                         WHERE client_id NOT IN (SELECT client_id FROM clients)""") == []
     # one token per redeemed ticket: tokens were issued exactly once for each
     redeemed = server.db("""SELECT COUNT(*) FROM tickets WHERE status = 'redeemed'

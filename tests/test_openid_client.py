@@ -30,7 +30,8 @@ from helpers import (
     QR_GRANT,
     Provider,
     approved_ticket,
-    csrf_of,
+    ask_for_qr,
+    complete_qr,
     sign_in_phone,
 )
 
@@ -361,18 +362,15 @@ def drive_hosted_login(provider: Provider, url: str, phone: str, decision: str) 
     browser = requests.Session()
     page = browser.get(url, timeout=10)
     assert page.status_code == 200 and 'name="password"' in page.text
-    ticket = re.search(r'data-ticket="([^"]+)"', page.text).group(1)
-    scan_code = re.search(r'/qr/([A-Za-z0-9_-]+)\.png"', page.text).group(1)
+    made = ask_for_qr(browser, page)
+    assert made.status_code == 201, made.text
+    ticket = made.json()
+    scan_code = ticket["qr_content"].rsplit("/", 1)[1]
     assert provider.phone("scan", phone, scan_code=scan_code).status_code == 200
     assert provider.phone(decision, phone, scan_code=scan_code).status_code == 200
-    return_to = re.search(r'name="return_to" value="([^"]+)"', page.text).group(1)
-    done = browser.post(provider.url + "/authorize/qr", data={
-        "csrf_token": csrf_of(page.text), "ticket": ticket,
-        "return_to": return_to.replace("&amp;", "&")}, allow_redirects=False, timeout=10)
+    done = complete_qr(browser, page, ticket["ticket"])
     assert done.status_code == 302, done.text
-    back = browser.get(provider.url + done.headers["Location"], allow_redirects=False, timeout=10)
-    assert back.status_code == 302, back.text
-    return back.headers["Location"]
+    return done.headers["Location"]
 
 
 def test_hosted_qr_login_through_openid_client_code_flow(run, provider, portal, alice,

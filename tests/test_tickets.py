@@ -120,13 +120,14 @@ def test_two_tickets_never_share_a_secret(provider, web_client):
 
 
 @pytest.mark.parametrize("how", ["basic auth", "secret in the body", "public client with PKCE"])
-def test_a_json_body_is_accepted_for_ticket_creation(provider, web_client, public_client, how):
+def test_a_json_body_is_accepted_for_ticket_creation(provider, web_client, post_client,
+                                                      public_client, how):
     body = {"scope": "openid profile"}
     auth = None
     if how == "basic auth":
         auth = (web_client["client_id"], web_client["client_secret"])
     elif how == "secret in the body":
-        body.update(client_id=web_client["client_id"], client_secret=web_client["client_secret"])
+        body.update(client_id=post_client["client_id"], client_secret=post_client["client_secret"])
     else:
         body.update(client_id=public_client["client_id"], code_challenge=pkce()[1],
                     code_challenge_method="S256")

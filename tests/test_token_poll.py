@@ -310,10 +310,10 @@ def _authenticate(client: dict, shape: str, data: dict):
 
 @pytest.mark.parametrize("shape", ["client_secret_basic", "client_secret_post", "none"])
 def test_a_pending_poll_gets_the_same_answer_on_the_fast_and_the_full_path(
-        provider, web_client, public_client, shape):
+        provider, web_client, post_client, public_client, shape):
     """A form poll takes the fast path; the same poll as JSON always takes Flask's. Same bytes,
     same status, same headers, and both record the poll on the ticket."""
-    client = public_client if shape == "none" else web_client
+    client = {"none": public_client, "client_secret_post": post_client}.get(shape, web_client)
     answers = []
     for as_json in (False, True):
         ticket = provider.ticket(client, **({"client_id": client["client_id"],
@@ -379,6 +379,13 @@ def rich_client(provider):
     return provider.create_client("--name", "Rich shop", "--id-token-alg", "ES256")
 
 
+@pytest.fixture(scope="module")
+def rich_post_client(provider):
+    """The same, authenticating with client_secret_post."""
+    return provider.create_client("--name", "Rich form shop", "--id-token-alg", "ES256",
+                                  "--token-endpoint-auth-method", "client_secret_post")
+
+
 def _access_lines(provider, marker: str) -> int:
     return sum(1 for line in provider.log().splitlines()
                if "qr_oidc.access POST /token 200 " in line and line.endswith(marker))
@@ -413,12 +420,13 @@ def _redeem(provider, client, phone, shape: str, as_json: bool):
 
 @pytest.mark.parametrize("shape", ["client_secret_basic", "client_secret_post", "none"])
 def test_an_approved_ticket_gets_the_same_tokens_on_the_fast_and_the_full_path(
-        provider, rich_client, public_client, alice_phone, shape):
+        provider, rich_client, rich_post_client, public_client, alice_phone, shape):
     """Same members in the same order, same headers, the same claims in both JWTs (but for
     times, ids and hashes), the same token row, an audit line each, and tokens that work."""
     from test_e2e import verify_with_jwks
 
-    client = public_client if shape == "none" else rich_client
+    client = {"none": public_client, "client_secret_post": rich_post_client}.get(shape,
+                                                                               rich_client)
     since = time.time()
     answers = []
     for as_json in (False, True):
@@ -438,11 +446,12 @@ def test_an_approved_ticket_gets_the_same_tokens_on_the_fast_and_the_full_path(
         assert access["exp"] - access["iat"] == tokens["expires_in"]
         row = provider.db(
             "SELECT client_id, user_id, grant_type, scope, revoked, refresh_token_hash, amr,"
-            " expires_at - issued_at, refresh_expires_at - issued_at, auth_time, family_id"
-            " FROM tokens WHERE jti = ?", access["jti"])
+            " expires_at - issued_at, refresh_expires_at - issued_at, auth_time, family_id,"
+            " refresh_status FROM tokens WHERE jti = ?", access["jti"])
         assert len(row) == 1, row
         (client_id, user_id, grant_type, scope, revoked, refresh_hash, amr, ttl, refresh_ttl,
-         auth_time, family) = row[0]
+         auth_time, family, refresh_status) = row[0]
+        assert refresh_status == "active"
         assert refresh_hash == hashlib.sha256(tokens["refresh_token"].encode()).hexdigest()
         assert int(auth_time) == id_claims["auth_time"] and family
         assert abs(ttl - tokens["expires_in"]) < 1.5  # (iat is whole seconds, issued_at not)
@@ -454,11 +463,8 @@ def test_an_approved_ticket_gets_the_same_tokens_on_the_fast_and_the_full_path(
                             headers={"Authorization": f"Bearer {tokens['access_token']}"})
         assert info.status_code == 200 and info.json()["sub"] == access["sub"], info.text
         refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
-        if shape == "none":
-            refresh["client_id"] = client["client_id"]
-        again = requests.post(provider.url + "/token", data=refresh, timeout=30,
-                              auth=None if shape == "none" else (client["client_id"],
-                                                                 client["client_secret"]))
+        auth = _authenticate(client, shape, refresh)
+        again = requests.post(provider.url + "/token", data=refresh, timeout=30, auth=auth)
         assert again.status_code == 200, again.text
         answers.append({
             "status": response.status_code, "headers": headers, "members": list(tokens),

@@ -13,9 +13,10 @@
  * - create (default): the widget creates a ticket as a public client with PKCE (S256), shows its
  *   QR, follows it by long poll, renews it when it expires, and once the phone approves polls the
  *   token endpoint with the code_verifier and verifies the ID token against the JWKS.
- * - follow (`ticket: {...}`): the ticket was created elsewhere (by the provider's hosted login page,
- *   or by a confidential client's server); the widget shows and follows it and calls onApproved
- *   instead of polling the token endpoint.
+ * - follow (`ticket: {...}`, or `renew: async () => ticket` alone): the ticket was created
+ *   elsewhere (by the provider's hosted login page, or by a confidential client's server); the
+ *   widget shows and follows it, asks `renew` for the first and for every next one, and calls
+ *   onApproved instead of polling the token endpoint.
  * Declarative use: any element with a `data-qr-login` attribute is mounted when the page loads,
  * with options from its data attributes; callbacks are also dispatched as DOM events
  * (qrlogin:scanned, qrlogin:success, qrlogin:approved, qrlogin:cancel, qrlogin:expired,
@@ -235,7 +236,7 @@
       }, options || {});
       this.options.issuer = String(this.options.issuer).replace(/\/+$/, "");
       this.texts = Object.assign({}, TEXTS, this.options.texts || {});
-      this.follow = !!this.options.ticket;
+      this.follow = !!this.options.ticket || typeof this.options.renew === "function";
       if (!this.follow && !this.options.clientId) throw new TypeError("QrLogin.mount needs clientId");
       this.state = "idle";
       this.renewals = 0;
@@ -478,7 +479,7 @@
       var o = this.options;
       var meta = await this.endpoints(signal);
       var t = this.followed || o.ticket;
-      if (this.stale) t = await this.nextTicket(signal);
+      if (this.stale || (!t && typeof o.renew === "function")) t = await this.nextTicket(signal);
       for (;;) {
         if (!t || signal.aborted) return;
         this.followed = t;
@@ -654,6 +655,9 @@
   // Declarative: <div data-qr-login data-client-id="…" data-scope="…"></div>, or for a ticket made
   // elsewhere data-ticket, data-qr-image, data-user-code, data-binding-code, data-expires-in and
   // data-complete-form="ID": when the phone decides (or the QR expires) that form is submitted.
+  // data-ticket-form="ID" (the provider's hosted login page): tickets come from posting that form
+  // (same origin, with its cookie and CSRF token), the first one and each renewal; the ticket is
+  // put into the complete form's "ticket" input before it is submitted.
   function mountDeclared(node) {
     if (node.__qrLogin) return node.__qrLogin;
     var d = node.dataset, options = {};
@@ -666,17 +670,42 @@
         binding_code: d.bindingCode || undefined, expires_in: Number(d.expiresIn) || 0,
       };
     }
+    if (d.ticketForm) {
+      options.renew = function () { return ticketFromForm(document.getElementById(d.ticketForm)); };
+    }
     if (d.completeForm) {
-      var submit = function () {
+      var submit = function (detail) {
         var form = document.getElementById(d.completeForm);
-        if (form) form.submit(); else window.location.reload();
+        if (!form) { window.location.reload(); return; }
+        if (form.elements.ticket && detail && detail.ticket) form.elements.ticket.value = detail.ticket;
+        form.submit();
       };
       options.onApproved = submit;
       options.onCancel = submit;
-      options.onExpired = submit; // the server answers an expired ticket with a page and a new QR
+      // the server answers an expired ticket with a page and a new QR; a ticket form renews itself
+      if (!d.ticketForm) options.onExpired = submit;
     }
     node.__qrLogin = mount(node, options);
     return node.__qrLogin;
+  }
+
+  // A ticket from posting a form of this page (the hosted login page's #qr-start).
+  async function ticketFromForm(form) {
+    if (!form) throw new QrLoginError("renew_failed", "no ticket form");
+    var response = await fetch(form.action, {
+      method: "POST",
+      body: new URLSearchParams(new FormData(form)),
+      headers: { "Accept": "application/json" },
+      credentials: "same-origin",
+      cache: "no-store",
+    });
+    var body = null;
+    try { body = await response.json(); } catch (e) { body = null; }
+    if (response.status !== 201 || !body) {
+      throw new QrLoginError((body && body.error) || "ticket_failed",
+        (body && body.error_description) || "HTTP " + response.status, response.status);
+    }
+    return body;
   }
 
   function autoMount() {
