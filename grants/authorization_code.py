@@ -115,7 +115,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     @staticmethod
     def validate_authorization_redirect_uri(request, client):
         """Authlib's check, without quoting the URI into ``error_description`` (which must be
-        printable ASCII without ``"`` or ``\``: a URI with those answered 500)."""
+        printable ASCII without a quote or a backslash: a URI with those answered 500)."""
         redirect_uri = request.payload.redirect_uri
         if redirect_uri:
             if not isinstance(redirect_uri, str) or not client.check_redirect_uri(redirect_uri):
@@ -180,14 +180,15 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         redemption of the same code finds the row there and changes nothing."""
         session = self.parts.db.session
         insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        done = session.execute(
+        done = session.execute(  # (RETURNING: an INSERT's rowcount is not kept on every driver)
             insert(RedeemedCode).values(
                 code_hash=authorization_code.code_hash, client_id=authorization_code.client_id,
                 family_id=authorization_code.family_id, redeemed_at=now(),
                 expires_at=authorization_code.expires_at)
             .on_conflict_do_nothing(index_elements=[RedeemedCode.code_hash])
-        ).rowcount
-        if not done:
+            .returning(RedeemedCode.code_hash)
+        ).first()
+        if done is None:
             raise InvalidGrantError("Invalid 'code' in request.")
 
     def authenticate_user(self, authorization_code):

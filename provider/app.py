@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from flask import Flask, g, jsonify, render_template, request
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
@@ -128,9 +129,16 @@ def _shared_secret(database: Database, passphrase: str) -> str:
             row = session.get(Setting, "session_secret")
         if not seal.is_sealed(row.value):
             if passphrase:
-                row.value = seal.seal_with_passphrase(row.value, passphrase)
-                value = seal.open_with_passphrase(row.value, passphrase)
+                value = row.value
+                if database.is_sqlite:  # the clear text must not linger in a freed cell
+                    session.execute(text("PRAGMA secure_delete = ON"))
+                row.value = seal.seal_with_passphrase(value, passphrase)
                 session.commit()
+                if database.is_sqlite:  # nor in the write-ahead log
+                    session.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+                    session.commit()
+                log.warning("the session secret was kept in clear; it is sealed with "
+                            "QR_OIDC_KEY_PASSPHRASE now")
                 return value
             return row.value
         if not passphrase:

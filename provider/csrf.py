@@ -13,7 +13,8 @@ endpoints), so a cross-site request carries nothing to abuse there.
 
 from __future__ import annotations
 
-from flask import render_template, request, session
+from flask import current_app, render_template, request, session
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .security import constant_equals, new_secret
 
@@ -30,8 +31,19 @@ def csrf_token() -> str:
 
 
 def is_html_route() -> bool:
-    """This request was routed to an HTML page (its errors are pages too)."""
-    return request.blueprint in HTML_BLUEPRINTS
+    """This request was routed to an HTML page (its errors are pages too), or came to a page's
+    address with a method the page does not take."""
+    if request.blueprint is not None:
+        return request.blueprint in HTML_BLUEPRINTS
+    refused = request.routing_exception
+    if isinstance(refused, MethodNotAllowed) and refused.valid_methods:
+        try:
+            endpoint, _args = current_app.url_map.bind_to_environ(request.environ).match(
+                method=sorted(refused.valid_methods)[0])
+        except HTTPException:
+            return False
+        return endpoint.partition(".")[0] in HTML_BLUEPRINTS
+    return False
 
 
 def init_app(app) -> None:
@@ -39,8 +51,9 @@ def init_app(app) -> None:
 
     @app.before_request
     def _check_csrf():
-        if request.method in SAFE_METHODS or not is_html_route() or request.endpoint in EXEMPT:
-            return None
+        if (request.method in SAFE_METHODS or request.routing_exception is not None
+                or not is_html_route() or request.endpoint in EXEMPT):
+            return None  # (a request no route takes is answered 404 or 405)
         sent = request.form.get("csrf_token")
         if constant_equals(sent, session.get("csrf")):
             return None

@@ -31,7 +31,7 @@ from grants.openid import user_claims
 from grants.refresh_token import revoke_family
 from grants.tickets import TicketError
 
-from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, Client, Token, User
+from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, SCOPE_TOKEN, Client, Token, User
 from .audit import discard_after_rollback, flush_after_commit
 from .body import body_params
 from .oauth import ACCESS_TOKEN_ALGS, BearerError, BodyRequest, authenticate_bearer
@@ -41,7 +41,6 @@ from .security import digest, normalize_user_code
 bp = Blueprint("api", __name__)
 
 PKCE_CHALLENGE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
-SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]{1,100}$")  # RFC 6749 §3.3
 SCOPES_SUPPORTED = ["openid", "profile", "email", "offline_access", "qr:approve"]
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 

@@ -9,6 +9,7 @@ stays portable between SQLite and PostgreSQL that way.
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from .db import Base
 from .security import secret_matches
 
 QR_GRANT_TYPE = "urn:qr-oidc:params:oauth:grant-type:qr-ticket"
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]{1,100}$")  # RFC 6749 §3.3
 DEVICE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 
 
@@ -61,10 +63,17 @@ class Client(Base, ClientMixin):
         return self.redirect_uris[0] if self.redirect_uris else None
 
     def get_allowed_scope(self, scope):
+        """What of ``scope`` this client may have (Authlib: the authorization request's scope
+        becomes this). Scopes it may not have are left out; a scope that is malformed
+        (RFC 6749 §3.3), or of which nothing is left, is None: ``invalid_scope``."""
         if not scope:
             return ""
+        requested = scope_to_list(scope) or []
+        if not all(SCOPE_TOKEN.match(token) for token in requested):
+            return None
         allowed = set(scope_to_list(self.scope))
-        return " ".join(s for s in scope_to_list(scope) if s in allowed)
+        kept = [token for token in dict.fromkeys(requested) if token in allowed]
+        return " ".join(kept) if kept else None
 
     def check_redirect_uri(self, redirect_uri):
         """Exact match, except that a loopback IP redirect may use any port (RFC 8252 §7.3)."""

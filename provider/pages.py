@@ -21,6 +21,7 @@ requesting IP and browser, and approve and cancel of equal weight.
 
 from __future__ import annotations
 
+import re
 import time
 from urllib.parse import parse_qsl, urlencode
 
@@ -62,6 +63,12 @@ bp = Blueprint("pages", __name__, template_folder="templates")
 KEPT_PARAMETERS = ("response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
                    "code_challenge", "code_challenge_method", "prompt", "max_age", "login_hint",
                    "ui_locales", "display", "acr_values", "response_mode")
+# RFC 6749 Appendix A: these are printable ASCII (VSCHAR and narrower); anything else is refused
+# before Authlib sees it (some of its errors quote the value, and it refuses to quote such text)
+ASCII_PARAMETERS = ("response_type", "client_id", "redirect_uri", "scope", "state",
+                    "code_challenge", "code_challenge_method", "response_mode", "prompt",
+                    "max_age")
+RESPONSE_TYPE = re.compile(r"^[A-Za-z0-9_ ]*$")  # Appendix A.3 (and Authlib quotes it)
 FRESH_SIGN_IN = 60  # seconds a password sign-in counts as the fresh login prompt=login asks for
 MAX_FLOWS = 5  # hosted-page tickets a browser may follow at once (tabs)
 
@@ -139,7 +146,8 @@ def login():
     p.limiter.give_back("login_ip", request.remote_addr)
     audit("signin", user_id=found.id, amr="pwd")
     sessions.start(found.id, "pwd")
-    session["fresh_sign_in"] = int(time.time())
+    # the request this sign-in was for counts it as the fresh login prompt=login asks for
+    session["fresh_sign_in"] = [digest(next_url), int(time.time())]
     return redirect(next_url)
 
 
@@ -168,6 +176,7 @@ def authorize():
     server = parts().server
     signed_in = sessions.current()
     try:
+        _check_characters(request.values)
         grant = server.get_consent_grant(end_user=signed_in.user if signed_in else None)
         _check_request(grant)
     except OAuth2Error as exc:
@@ -235,6 +244,21 @@ def _redirected(exc: OAuth2Error, grant) -> OAuth2Error:
     return exc
 
 
+def _check_characters(params) -> None:
+    """The protocol's parameters are printable ASCII (RFC 6749 Appendix A); ``nonce`` at least
+    has no control characters. Refused with an error page: such a request cannot be answered
+    at a redirect URI that is not known to be the client's, nor its state echoed."""
+    for key in ASCII_PARAMETERS:
+        value = params.get(key)
+        if value is not None and not (value.isascii() and value.isprintable()):
+            raise InvalidRequestError(f"{key} must be printable ASCII.")
+    if not RESPONSE_TYPE.match(params.get("response_type") or ""):
+        raise InvalidRequestError("response_type must be letters, digits, _ and spaces.")
+    nonce = params.get("nonce")
+    if nonce is not None and not nonce.isprintable():
+        raise InvalidRequestError("nonce must be printable text.")
+
+
 def _check_request(grant) -> None:
     """What discovery says is not supported is refused, not silently ignored (OIDC Core §6);
     values too long to keep in a code are refused too."""
@@ -268,10 +292,11 @@ def _too_old(auth_time: float, max_age) -> bool:
 
 
 def _fresh_sign_in() -> bool:
-    """A password sign-in just now (this is the request it was for) satisfies ``prompt=login``
-    and ``max_age`` once."""
-    at = session.pop("fresh_sign_in", None)
-    return isinstance(at, int) and 0 <= time.time() - at <= FRESH_SIGN_IN
+    """A password sign-in made just now for this very request (the login page's ``next``)
+    satisfies its ``prompt=login`` and ``max_age``, once."""
+    mark = session.pop("fresh_sign_in", None)
+    return (isinstance(mark, list) and len(mark) == 2 and mark[0] == digest(request.full_path)
+            and isinstance(mark[1], int) and 0 <= time.time() - mark[1] <= FRESH_SIGN_IN)
 
 
 def _query_of(params) -> str:
@@ -290,6 +315,7 @@ def _params_of(query) -> dict:
         if key in params:
             raise InvalidRequestError("The sign-in request repeats a parameter.")
         params[key] = value
+    _check_characters(params)
     return params
 
 

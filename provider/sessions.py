@@ -28,7 +28,7 @@ from sqlalchemy import delete, update
 from .models import BrowserSession, User
 from .security import digest, new_secret
 
-SEEN_REFRESH = 60  # seconds between refreshes of the cookie's last-request time
+SEEN_REFRESH = 60  # at most, seconds between refreshes of the cookie's last-request time
 
 
 @dataclass
@@ -86,7 +86,7 @@ def _lookup() -> SignedIn | None:
     if user is None:
         forget()
         return None
-    if at - seen >= SEEN_REFRESH:
+    if at - seen >= min(SEEN_REFRESH, idle / 4):
         session["seen"] = int(at)
     return SignedIn(user, record)
 
