@@ -121,7 +121,9 @@ class Provider:
         self.stop()
         raise RuntimeError(f"qr-oidc serve did not answer in time:\n{self.log()}")
 
-    def stop(self) -> None:
+    def stop(self, keep_database: bool = False) -> None:
+        """Stop the server (and drop the PostgreSQL database it made, unless
+        ``keep_database``: then ``start`` may run it again on the same data)."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -131,7 +133,7 @@ class Provider:
                 self.proc.wait(5)
         if getattr(self, "_log", None):
             self._log.close()
-        if self.owns_database:
+        if self.owns_database and not keep_database:
             drop_pg_database(self.database_url)
             self.owns_database = False
 

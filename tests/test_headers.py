@@ -65,7 +65,12 @@ def test_https_issuer_sets_secure_cookies_and_hsts(tmp_path):
     server.start()
     try:
         response = requests.get(server.url + "/login", timeout=10)
-        assert "Secure" in response.headers["Set-Cookie"]
+        cookie = response.headers["Set-Cookie"]
+        assert "Secure" in cookie
+        # the __Host- prefix: the browser keeps it only if Secure, Path=/ and no Domain, so a
+        # sibling host cannot plant a session cookie for the provider
+        assert cookie.startswith("__Host-qr_oidc_session=")
+        assert "Path=/" in cookie and "Domain" not in cookie
         assert response.headers["Strict-Transport-Security"].startswith("max-age=")
     finally:
         server.stop()
