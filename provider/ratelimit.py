@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -90,20 +90,16 @@ class RateLimiter:
         return index, (index + 1) * limit.window
 
     def _count(self, key: str, ends: float, add: int) -> int:
-        """Add ``add`` (1, 0 or -1) to a window's counter; returns the count after it."""
+        """Add ``add`` (1 or -1) to a window's counter; returns the count after it."""
         if self.redis is not None:
             if add > 0:
                 pipe = self.redis.pipeline()
                 pipe.incrby(key, add)
                 pipe.expireat(key, math.ceil(ends) + 1)
                 return int(pipe.execute()[0])
-            if add < 0:
-                return int(self.redis.eval(_GIVE_BACK, 1, key))
-            return int(self.redis.get(key) or 0)
+            return int(self.redis.eval(_GIVE_BACK, 1, key))
         session = self.db.session
-        if add == 0:
-            count = session.scalar(select(RateCounter.count).where(RateCounter.key == key)) or 0
-        elif add < 0:
+        if add < 0:
             session.execute(update(RateCounter).where(RateCounter.key == key,
                                                       RateCounter.count > 0)
                             .values(count=RateCounter.count - 1)
@@ -156,16 +152,6 @@ class RateLimiter:
             return
         key, ends = self._key(kind, subject[:150], limit, time.time())
         self._count(key, ends, -1)
-
-    def check(self, kind: str, subject: str | None) -> None:
-        """Raise TooManyRequests if the limit is used up, without counting."""
-        limit = self.limits[kind]
-        if limit is None or not subject:
-            return
-        at = time.time()
-        key, ends = self._key(kind, subject[:150], limit, at)
-        if self._count(key, ends, 0) >= limit.count:
-            raise TooManyRequests(max(1, math.ceil(ends - at)))
 
     def purge(self) -> int:
         """Drop finished windows (database counters; Redis expires its own)."""

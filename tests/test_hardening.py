@@ -263,3 +263,38 @@ def test_audit_lines_cannot_be_split_by_what_a_user_types(provider):
     text = raw.decode("utf-8", errors="replace")
     assert not [line for line in text.splitlines()
                 if line.startswith("{") and not line.endswith("}")]
+
+
+# -- upkeep -------------------------------------------------------------------------------------------
+def test_the_maintenance_round_forgets_old_sessions_and_old_redemptions(tmp_path):
+    """Ended or expired session records (after a day) and the redemptions of codes that have
+    expired anyway are deleted by the background round; live ones stay."""
+    from provider import create_app
+    from provider.maintenance import run_once
+    from provider.models import BrowserSession, Client, RedeemedCode, User
+
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path}/upkeep.db"})
+    parts = app.extensions["qr_oidc"]
+    now = time.time()
+    with parts.db.session_factory() as session:
+        session.add(User(id=1, sub="s", username="u", password_hash="x"))
+        session.add(Client(client_id="c", name="c", public=True))
+        session.commit()
+        session.add_all([
+            BrowserSession(id="live", user_id=1, auth_time=now, created_at=now,
+                           expires_at=now + 3600),
+            BrowserSession(id="ended-long-ago", user_id=1, auth_time=now - 9e4,
+                           created_at=now - 9e4, expires_at=now + 3600, ended_at=now - 9e4),
+            BrowserSession(id="expired-long-ago", user_id=1, auth_time=now - 2e5,
+                           created_at=now - 2e5, expires_at=now - 9e4),
+            BrowserSession(id="ended-just-now", user_id=1, auth_time=now, created_at=now,
+                           expires_at=now + 3600, ended_at=now),
+            RedeemedCode(code_hash="old", client_id="c", family_id="f", expires_at=now - 1),
+            RedeemedCode(code_hash="young", client_id="c", family_id="f", expires_at=now + 60),
+        ])
+        session.commit()
+    run_once(parts)
+    with parts.db.session_factory() as session:
+        assert sorted(r.id for r in session.query(BrowserSession)) == ["ended-just-now", "live"]
+        assert [r.code_hash for r in session.query(RedeemedCode)] == ["young"]
+    parts.db.engine.dispose()
