@@ -104,7 +104,7 @@ class ClientCache:
             return None
         secret_hash, public, grant_types, id_token_alg, auth_method = row
         record = ClientRecord(client_id, secret_hash, public, grant_types, id_token_alg,
-                              auth_method or ("none" if public else "client_secret_basic"))
+                              auth_method)
         with self._lock:
             if len(self._rows) > 10_000:
                 self._rows.clear()

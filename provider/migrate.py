@@ -7,6 +7,7 @@ behind is refused with a message that says what to run, so an old schema never m
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from alembic import command
@@ -39,13 +40,37 @@ def current(engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+@contextlib.contextmanager
+def _migrating(engine):
+    """A connection in a transaction for Alembic. On SQLite, foreign keys are off while it runs:
+    a batch migration rebuilds a table (copy, drop, rename), and dropping ``clients`` with
+    foreign keys on would cascade-delete every ticket and token that points at it. They are
+    checked once it is done, and turned on again."""
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # (no effect inside a transaction)
+            conn.commit()
+        try:
+            with conn.begin():
+                yield conn
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
+
+
 def upgrade(engine, revision: str = "head") -> None:
-    with engine.begin() as conn:
+    with _migrating(engine) as conn:
         command.upgrade(_config(conn), revision)
 
 
 def downgrade(engine, revision: str) -> None:
-    with engine.begin() as conn:
+    with _migrating(engine) as conn:
         command.downgrade(_config(conn), revision)
 
 

@@ -30,6 +30,11 @@ def now() -> float:
     return time.time()
 
 
+def _default_auth_method(context) -> str:
+    """A client made without a method: ``none`` if public, else ``client_secret_basic``."""
+    return "none" if context.get_current_parameters().get("public") else "client_secret_basic"
+
+
 class Client(Base, ClientMixin):
     __tablename__ = "clients"
 
@@ -44,8 +49,9 @@ class Client(Base, ClientMixin):
     scope: Mapped[str] = mapped_column(Text, default="openid profile email")
     logo_uri: Mapped[str | None] = mapped_column(String(2000))
     id_token_signed_response_alg: Mapped[str | None] = mapped_column(String(16))
-    # client_secret_basic | client_secret_post | none (provider/clientauth.py)
-    token_endpoint_auth_method: Mapped[str | None] = mapped_column(String(32))
+    # client_secret_basic | client_secret_post | none (provider/clientauth.py); RFC 7591's default
+    token_endpoint_auth_method: Mapped[str] = mapped_column(String(32),
+                                                            default=_default_auth_method)
     # this client's ticket creation limit, COUNT/SECONDS or off; None: QR_OIDC_RATE_TICKET_CLIENT
     ticket_rate: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Float, default=now)
@@ -53,7 +59,7 @@ class Client(Base, ClientMixin):
     @property
     def auth_method(self) -> str:
         """The one client authentication method this client uses (RFC 7591 §2)."""
-        return self.token_endpoint_auth_method or ("none" if self.public else "client_secret_basic")
+        return self.token_endpoint_auth_method
 
     # Authlib ClientMixin -------------------------------------------------------------------
     def get_client_id(self):

@@ -67,6 +67,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('ticket_rate', sa.String(length=32), nullable=True))
     op.execute("UPDATE clients SET token_endpoint_auth_method = CASE WHEN public THEN 'none'"
                " ELSE 'client_secret_basic' END")
+    with op.batch_alter_table('clients', schema=None) as batch_op:
+        batch_op.alter_column('token_endpoint_auth_method', existing_type=sa.String(length=32),
+                              nullable=False)
 
 
 def downgrade() -> None:
