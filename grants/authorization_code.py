@@ -136,6 +136,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         request = self.request
         payload = request.payload.data
         client = request.client
+        request.code_issued = True  # (the page that granted it asks)
         return self.parts.codes.seal({
             "c": client.client_id,
             "u": request.user.id,
@@ -161,6 +162,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         sealed = SealedCode.from_sealed(code, value) if value is not None else None
         if sealed is None:
             return None
+        if sealed.client_id != client.client_id:
+            return None  # (another client's code: it may not even learn it was used)
         session = self.parts.db.session
         redeemed = session.scalar(
             select(RedeemedCode.family_id).where(RedeemedCode.code_hash == sealed.code_hash))
@@ -171,9 +174,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             log.warning("authorization code replayed: its tokens are revoked client=%s",
                         sealed.client_id)
             return None
-        if sealed.client_id != client.client_id or sealed.is_expired():
-            return None
-        return sealed
+        return None if sealed.is_expired() else sealed
 
     def delete_authorization_code(self, authorization_code):
         """Record the redemption, in the transaction that saves the tokens; a concurrent
@@ -195,10 +196,14 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         return self.parts.db.session.get(User, authorization_code.user_id)
 
 
+REDEEMED_KEPT = 300  # seconds a redemption is kept after its code expired (clock skew)
+
+
 def purge_redeemed(db) -> int:
-    """Forget redemptions of codes that have expired anyway (the maintenance thread)."""
+    """Forget redemptions of codes that have expired anyway (the maintenance thread), with a
+    margin for instances whose clocks run behind."""
     with db.session_factory() as session:
-        gone = session.execute(
-            delete(RedeemedCode).where(RedeemedCode.expires_at < now())).rowcount
+        gone = session.execute(delete(RedeemedCode).where(
+            RedeemedCode.expires_at < now() - REDEEMED_KEPT)).rowcount
         session.commit()
     return gone or 0

@@ -107,7 +107,7 @@ class _Spent:
 class Tickets:
     """Ticket storage and the state machine; one instance per app, sessions from ``db``."""
 
-    def __init__(self, db, settings: dict, notifier, secret: str = ""):
+    def __init__(self, db, settings: dict, notifier, secret: str):
         self.db = db
         # keys the number-matching choices of a ticket: nothing a browser holds derives them
         self._binding_key = hmac.new(secret.encode(), b"qr-oidc binding choices",

@@ -71,7 +71,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     parts = Parts(settings=settings, db=database, keys=keys, notifier=notifier)
     parts.tickets = Tickets(database, settings, notifier, secret=app.secret_key)
     parts.limiter = RateLimiter(database, settings)
-    parts.codes = seal.Sealer(app.secret_key, "authorization code")
+    # (the issuer is bound in: another deployment sharing the secret cannot open these)
+    parts.codes = seal.Sealer(app.secret_key, f"authorization code {settings['ISSUER']}")
     app.extensions["qr_oidc"] = parts
 
     secure = settings["ISSUER"].startswith("https://")

@@ -307,7 +307,8 @@ def _requested_scope(client: Client, raw: str | None) -> str:
 
 # not shown to a person as they are: C0 and C1 controls, DEL, line and paragraph separators, and
 # the bidi controls that could make a user agent read as something else on the phone
-_UNSHOWABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NOT_FOR_A_SCREEN = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def _requester(client: Client, data) -> tuple[str | None, str | None, bool]:
@@ -328,7 +329,7 @@ def _requester(client: Client, data) -> tuple[str | None, str | None, bool]:
             ip = None
         if ip is None:
             raise InvalidRequestError("requester_ip must be an IPv4 or IPv6 address.")
-    if agent is not None and (len(agent) > 512 or _UNSHOWABLE.search(agent)):
+    if agent is not None and (len(agent) > 512 or _NOT_FOR_A_SCREEN.search(agent)):
         raise InvalidRequestError("requester_user_agent must be at most 512 characters, "
                                   "without control characters.")
     return ip, agent or None, True
@@ -488,9 +489,11 @@ def qr_image(scan_code: str, fmt: str):
     if fmt not in ("png", "svg"):
         return error("not_found", 404, "Ask for .png or .svg.")
     row, _ = parts().tickets.by_code(scan_code, None)
+    status = row.public_status() if row is not None else None
+    parts().db.session.rollback()  # no connection is held while the picture is drawn
     if row is None:
         return error("unknown_code", 404, "No ticket has this code.")
-    if row.public_status() != "pending":
+    if status != "pending":
         return error("expired", 410, "This QR code is no longer valid.")
     content = qr_content(scan_code)
     buffer = io.BytesIO()
@@ -542,12 +545,12 @@ def find_by_user_code(p, typed: str, user):
     the lookup (so parallel guesses cannot pass the limit together); a right one is given
     back."""
     limiter = p.limiter
-    limiter.hit("user_code_user", user.sub)
-    limiter.hit("user_code_ip", request.remote_addr)
+    counted = [limiter.hit("user_code_user", user.sub),
+               limiter.hit("user_code_ip", request.remote_addr)]
     row, code = p.tickets.by_code(None, typed) if normalize_user_code(typed) else (None, None)
     if row is not None:
-        limiter.give_back("user_code_user", user.sub)
-        limiter.give_back("user_code_ip", request.remote_addr)
+        for count in counted:
+            limiter.give_back(count)
     return row, code
 
 

@@ -102,9 +102,11 @@ class Server(AuthorizationServer):
 
     def authenticate_client(self, request, methods, endpoint="token"):
         """Every endpoint's client authentication, the fast path's too: provider/clientauth.py."""
-        return clientauth.authenticate(self._query_client_impl,
-                                       request.headers.get("Authorization"),
-                                       request.payload.data, methods)
+        client = clientauth.authenticate(self._query_client_impl,
+                                         request.headers.get("Authorization"),
+                                         request.payload.data, methods)
+        request.auth_method = client.auth_method  # (what Authlib's PKCE check reads)
+        return client
 
     def handle_error_response(self, request, error):
         # invalid_client is always 401 here (SPEC.md), with the Basic challenge RFC 6749 §5.2 names

@@ -70,6 +70,7 @@ ASCII_PARAMETERS = ("response_type", "client_id", "redirect_uri", "scope", "stat
                     "max_age")
 RESPONSE_TYPE = re.compile(r"^[A-Za-z0-9_ ]*$")  # Appendix A.3 (and Authlib quotes it)
 FRESH_SIGN_IN = 60  # seconds a password sign-in counts as the fresh login prompt=login asks for
+CONSENT_TIME = 600  # seconds a consent page may be answered
 MAX_FLOWS = 5  # hosted-page tickets a browser may follow at once (tabs)
 
 _dummy_hash: str | None = None  # an unknown username costs the same hash as a wrong password
@@ -128,8 +129,8 @@ def login():
     p = parts()
     account = username.strip().lower()[:150]
     try:  # counted before the password is checked: parallel guesses cannot all pass
-        p.limiter.hit("login_account", account)
-        p.limiter.hit("login_ip", request.remote_addr)
+        counted = [p.limiter.hit("login_account", account),
+                   p.limiter.hit("login_ip", request.remote_addr)]
     except TooManyRequests as exc:
         audit("signin.refused", username=account, reason="rate_limited")
         return too_many_page(exc, "Too many sign-in attempts. Try again later.")
@@ -142,8 +143,8 @@ def login():
         audit("signin.failed", username=account)
         return render_template("login.html", next=next_url,
                                error="Wrong username or password."), 401
-    p.limiter.give_back("login_account", account)
-    p.limiter.give_back("login_ip", request.remote_addr)
+    for count in counted:
+        p.limiter.give_back(count)
     audit("signin", user_id=found.id, amr="pwd")
     sessions.start(found.id, "pwd")
     # the request this sign-in was for counts it as the fresh login prompt=login asks for
@@ -195,23 +196,33 @@ def authorize():
         if "none" in prompts:
             return authorization_error(_redirected(ConsentRequiredError(), grant))
         allow_form_target(grant.redirect_uri)
+        query = _query_of(params)
+        # the consent form may answer this request only, as it stands after the checks above
+        # (prompt=login, max_age): a request posted to it without them is sent through them
+        session["consent_for"] = [digest(query), int(time.time())]
         return render_template("consent.html", client=client, user=signed_in.user,
-                               scopes=(grant.request.scope or "").split(),
-                               request_query=_query_of(params))
+                               scopes=(grant.request.scope or "").split(), request_query=query)
     return _issue_code(grant, signed_in.user, signed_in.record.auth_time, signed_in.record.amr)
 
 
 @bp.post("/authorize/consent")
 def authorize_consent():
-    """The consent form's answer, for the request it carries (validated again, with the
-    signed-in user)."""
+    """The consent form's answer, for the request the consent page was shown for (validated
+    again, with the signed-in user). Any other request goes back through /authorize."""
     server = parts().server
-    query = request.form.get("request", "")
-    signed_in = sessions.current()
-    if signed_in is None:  # signed out meanwhile: start over
-        return redirect(url_for("pages.authorize") + "?" + query)
     try:
-        kept = kept_request(_params_of(query))
+        params = _params_of(request.form.get("request", ""))
+    except OAuth2Error as exc:
+        return authorization_error(exc)
+    query = urlencode(params)
+    signed_in = sessions.current()
+    shown = session.pop("consent_for", None)
+    if signed_in is None or not (
+            isinstance(shown, list) and len(shown) == 2 and shown[0] == digest(query)
+            and isinstance(shown[1], int) and 0 <= time.time() - shown[1] <= CONSENT_TIME):
+        return redirect(url_for("pages.authorize") + "?" + query)  # signed out, or not shown
+    try:
+        kept = kept_request(params)
         grant = server.get_consent_grant(request=kept, end_user=signed_in.user)
         _check_request(grant)
     except OAuth2Error as exc:
@@ -270,8 +281,8 @@ def _check_request(grant) -> None:
         error = RequestURINotSupportedError("request_uri is not supported.")
     elif params.get("response_mode", "query") != "query":
         error = InvalidRequestError("Only response_mode=query is supported.")
-    elif len(params.get("nonce") or "") > 512:
-        error = InvalidRequestError("nonce is too long (512 characters at most).")
+    elif len((params.get("nonce") or "").encode("utf-8", "replace")) > 512:
+        error = InvalidRequestError("nonce is too long (512 bytes at most).")
     elif len(params.get("state") or "") > 2000:
         error = InvalidRequestError("state is too long (2000 characters at most).")
     elif params.get("max_age") is not None and _max_age(params.get("max_age")) is None:
@@ -354,9 +365,10 @@ def authorize_ticket():
         response.status_code = 400
         return response
     client: Client = grant.client
-    try:
+    try:  # (the page's own count per client: anonymous pages cannot use up its backend's)
         p.limiter.hit("ticket_ip", request.remote_addr)
-        p.limiter.hit("ticket_client", client.client_id, p.limiter.client_limit(client))
+        p.limiter.hit("ticket_client", "hosted page:" + client.client_id,
+                      p.limiter.client_limit(client))
     except TooManyRequests as exc:
         return too_many_page(exc, "Too many QR codes asked for. Try again shortly.")
     params = {k: v for k, v in kept.payload.data.items() if k in KEPT_PARAMETERS}
@@ -414,7 +426,7 @@ def authorize_qr():
     user = p.db.session.get(User, row.user_id)
     kept.auth_time, kept.amr = row.decided_at, "qr"
     response = p.server.create_authorization_response(request=kept, grant_user=user, grant=grant)
-    if response.status_code != 302 or "code=" not in response.headers.get("Location", ""):
+    if not getattr(kept, "code_issued", False):
         return response  # an error the client is told of; the ticket stays as it is
     if not p.tickets.redeem(row, time.time()):
         p.db.session.rollback()

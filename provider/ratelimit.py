@@ -60,6 +60,8 @@ def parse_limit(name: str, raw: str) -> Limit | None:
     return Limit(count, window)
 
 
+CONFIGURED: Limit = Limit(0, 0)  # hit()'s default: the limit the settings give that kind
+
 # Redis: take one back from a counter that still exists, never below zero
 _GIVE_BACK = """
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -126,32 +128,33 @@ class RateLimiter:
         name = f"{self.namespace}|{kind}|{subject}|{limit.window}|{index}"
         return "qr-oidc:rl:" + hashlib.sha256(name.encode()).hexdigest(), ends
 
-    def hit(self, kind: str, subject: str | None, limit: Limit | None | str = "default") -> None:
+    def hit(self, kind: str, subject: str | None, limit: Limit | None = CONFIGURED):
         """Count one attempt, then refuse it (TooManyRequests) if that went over the limit: one
         atomic increment-and-compare, so parallel attempts cannot all pass. ``limit`` replaces
-        the configured one (a client's own rate; None: unlimited)."""
-        limit = self.limits[kind] if limit == "default" else limit
+        the configured one (a client's own rate; None: unlimited). Returns what ``give_back``
+        needs to take this very count back (None when nothing was counted)."""
+        limit = self.limits[kind] if limit is CONFIGURED else limit
         if limit is None or not subject:
-            return
+            return None
         at = time.time()
         key, ends = self._key(kind, subject[:150], limit, at)
         if self._count(key, ends, 1) > limit.count:
             raise TooManyRequests(max(1, math.ceil(ends - at)))
+        return key, ends
 
-    @staticmethod
-    def client_limit(client) -> Limit | None | str:
-        """A client's own ticket creation limit (``clients create --ticket-rate``), else
-        ``"default"`` (QR_OIDC_RATE_TICKET_CLIENT)."""
-        return parse_limit("ticket_rate", client.ticket_rate) if client.ticket_rate else "default"
+    def client_limit(self, client) -> Limit | None:
+        """A client's ticket creation limit: its own (``clients create --ticket-rate``), else
+        QR_OIDC_RATE_TICKET_CLIENT."""
+        if client.ticket_rate:
+            return parse_limit("ticket_rate", client.ticket_rate)
+        return self.limits["ticket_client"]
 
-    def give_back(self, kind: str, subject: str | None) -> None:
-        """Undo a ``hit`` whose attempt succeeded (a right password, a known user code): only
-        failures stay counted. Never below zero."""
-        limit = self.limits[kind]
-        if limit is None or not subject:
-            return
-        key, ends = self._key(kind, subject[:150], limit, time.time())
-        self._count(key, ends, -1)
+    def give_back(self, counted) -> None:
+        """Undo a ``hit`` (what it returned) whose attempt succeeded (a right password, a known
+        user code): only failures stay counted. In the window it was counted in; never below
+        zero."""
+        if counted is not None:
+            self._count(*counted, -1)
 
     def purge(self) -> int:
         """Drop finished windows (database counters; Redis expires its own)."""

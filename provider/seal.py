@@ -14,12 +14,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+
+MAX_SEALED = 16384
+_CANONICAL = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _b64(data: bytes) -> str:
@@ -45,11 +50,17 @@ class Sealer:
         return _b64(nonce + self._aead.encrypt(nonce, data, self._purpose))
 
     def open(self, sealed: str) -> dict | None:
-        """The value, or None for anything not sealed by this key for this purpose."""
-        if not isinstance(sealed, str) or not 30 <= len(sealed) <= 8192 or not sealed.isascii():
+        """The value, or None for anything not sealed by this key for this purpose. Only the
+        canonical spelling opens (unpadded base64url, no spare bits): a sealed value has exactly
+        one form, so its digest names it (a code redeemed once cannot come back as ``code=``
+        or with ``+`` for ``-``)."""
+        if not isinstance(sealed, str) or not 30 <= len(sealed) <= MAX_SEALED \
+                or not _CANONICAL.match(sealed):
             return None
         try:
             raw = _unb64(sealed)
+            if _b64(raw) != sealed:
+                return None
             value = json.loads(self._aead.decrypt(raw[:12], raw[12:], self._purpose))
         except (ValueError, InvalidTag):
             return None

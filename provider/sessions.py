@@ -46,11 +46,15 @@ def _db():
 
 
 def start(user_id: int, amr: str, auth_time: float | None = None) -> None:
-    """A new session for ``user_id`` (a new id: no fixation), recorded on the server."""
+    """A new session for ``user_id`` (a new id: no fixation), recorded on the server; the one
+    this browser had before ends (a copy of its cookie must not outlive the new sign-in)."""
     settings = _settings()
     at = time.time()
-    sid = new_secret()
     database = _db()
+    previous = session.get("sid")
+    if isinstance(previous, str):
+        _end_record(database.session, previous, at)
+    sid = new_secret()
     database.session.add(BrowserSession(
         id=digest(sid), user_id=user_id, amr=amr, auth_time=auth_time or at, created_at=at,
         expires_at=at + int(settings["SESSION_LIFETIME"])))
@@ -103,13 +107,17 @@ def end() -> None:
     sid = session.get("sid")
     if isinstance(sid, str):
         database = _db()
-        database.session.execute(
-            update(BrowserSession).where(BrowserSession.id == digest(sid),
-                                         BrowserSession.ended_at.is_(None))
-            .values(ended_at=time.time()).execution_options(synchronize_session=False))
+        _end_record(database.session, sid, time.time())
         database.session.commit()
     session.clear()
     g.pop("qr_oidc_signed_in", None)
+
+
+def _end_record(db_session, sid: str, at: float) -> None:
+    db_session.execute(
+        update(BrowserSession).where(BrowserSession.id == digest(sid),
+                                     BrowserSession.ended_at.is_(None))
+        .values(ended_at=at).execution_options(synchronize_session=False))
 
 
 def end_all(db_session, user_id: int) -> int:
