@@ -138,7 +138,7 @@ def test_a_replayed_code_fails_and_revokes_every_token_it_issued(provider, shop,
     assert replay_alarms(provider) == alarms + 1
 
 
-def test_a_code_is_redeemed_once_also_when_two_exchanges_race(provider, shop):
+def test_a_code_is_redeemed_once_also_when_two_exchanges_race(provider, shop, alice):
     from concurrent.futures import ThreadPoolExecutor
 
     _session, query, verifier = authorize(provider, shop, "alice", "alice-password")
@@ -148,7 +148,47 @@ def test_a_code_is_redeemed_once_also_when_two_exchanges_race(provider, shop):
     assert all(a.json()["error"] == "invalid_grant" for a in answers if a.status_code != 200)
 
 
-def test_a_code_is_sealed_not_stored(provider, shop):
+def spellings(code: str) -> list[str]:
+    """The same bytes written otherwise: padded, with the standard alphabet, with spare bits."""
+    import base64
+
+    raw = base64.urlsafe_b64decode(code + "=" * (-len(code) % 4))
+    variants = [code + "=", code + "==", base64.b64encode(raw).decode(),
+                base64.urlsafe_b64encode(raw).decode()]
+    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".index(code[-1])
+    for spare in range(1, 4):  # the unused low bits of the last character
+        variant = code[:-1] + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[
+            last ^ spare]
+        if base64.urlsafe_b64decode(variant + "=" * (-len(variant) % 4)) == raw:
+            variants.append(variant)
+    return [v for v in variants if v != code]
+
+
+def test_a_redeemed_code_cannot_come_back_spelled_another_way(provider, shop, alice):
+    _session, query, verifier = authorize(provider, shop, "alice", "alice-password",
+                                          scope="openid profile offline_access")
+    first = exchange(provider, shop, query, verifier)
+    assert first.status_code == 200, first.text
+    variants = spellings(query["code"])
+    assert len(variants) >= 3
+    for variant in variants:
+        again = exchange(provider, shop, {"code": variant}, verifier)
+        assert again.status_code == 400 and again.json()["error"] == "invalid_grant", variant
+    # no second set of tokens: the first ones still work, nothing was revoked either
+    assert userinfo(provider, first.json()["access_token"]).status_code == 200
+
+
+def test_another_client_presenting_a_used_code_revokes_nothing(provider, shop, alice):
+    other = provider.create_client("--name", "Other shop", "--first-party", "--redirect-uri",
+                                   shop["redirect_uris"][0], "--grant-type", "authorization_code")
+    _session, query, verifier = authorize(provider, shop, "alice", "alice-password")
+    tokens = exchange(provider, shop, query, verifier).json()
+    stolen = exchange(provider, other, query, verifier)
+    assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
+    assert userinfo(provider, tokens["access_token"]).status_code == 200
+
+
+def test_a_code_is_sealed_not_stored(provider, shop, alice):
     before = provider.db("SELECT COUNT(*) FROM redeemed_codes")[0][0]
     _session, query, verifier = authorize(provider, shop, "alice", "alice-password")
     assert provider.db("SELECT COUNT(*) FROM redeemed_codes")[0][0] == before

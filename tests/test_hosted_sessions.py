@@ -25,6 +25,7 @@ from helpers import (
     Provider,
     ask_for_qr,
     complete_qr,
+    csrf_of,
     login_form,
     pkce,
     submit_form,
@@ -228,6 +229,50 @@ def test_prompt_none_never_shows_a_page(provider, first_party_app, shop):
     assert query_of(answer.headers["Location"])["error"] == "login_required"
 
 
+def test_the_consent_form_answers_only_the_request_it_was_shown_for(provider, shop):
+    """A consent form posted with another request (prompt=login, max_age=0 added by hand, say,
+    on a shared computer left signed in) gives no code: that request goes back through
+    /authorize, which asks for the password."""
+    browser = signed_in_browser(provider)
+    page, params, _ = ask(provider, browser, shop)
+    assert 'name="decision"' in page.text
+    forced = urlencode({**params, "prompt": "login", "max_age": "0"})
+    answer = submit_form(browser, page, "decision", decision="approve", request=forced)
+    assert answer.status_code == 302 and answer.headers["Location"].startswith("/authorize?")
+    assert "code=" not in answer.headers["Location"]
+    again = browser.get(provider.url + answer.headers["Location"], allow_redirects=False,
+                        timeout=30)
+    assert again.status_code == 200 and 'name="password"' in again.text
+    # the form of the page as shown still works (once)
+    page, params, _ = ask(provider, browser, shop)
+    approved = submit_form(browser, page, "decision", decision="approve")
+    assert approved.status_code == 302 and "code=" in approved.headers["Location"]
+    replayed = submit_form(browser, page, "decision", decision="approve")
+    assert "code=" not in replayed.headers.get("Location", "")
+
+
+def test_a_signed_out_consent_post_with_a_broken_request_gets_a_page(provider):
+    browser = requests.Session()
+    page = browser.get(provider.url + "/login", timeout=30)
+    for request_query in ("a=b\r\nSet-Cookie: x=y", "client_id=%0d%0a", "x=%ff"):
+        answer = browser.post(provider.url + "/authorize/consent", timeout=30,
+                              allow_redirects=False, data={"csrf_token": csrf_of(page.text),
+                                                           "request": request_query})
+        assert answer.status_code in (302, 400), answer.status_code
+        assert "Set-Cookie: x" not in answer.headers.get("Location", "")
+
+
+def test_a_nonce_is_bounded_by_its_bytes_so_every_code_can_be_redeemed(provider, first_party_app):
+    browser = signed_in_browser(provider)
+    long, _, _ = ask(provider, browser, first_party_app, nonce="😀" * 200)  # 800 bytes
+    assert query_of(long.headers["Location"])["error"] == "invalid_request"
+    fits, params, verifier = ask(provider, browser, first_party_app, nonce="😀" * 128)
+    code = query_of(fits.headers["Location"])["code"]
+    tokens = exchange(provider, first_party_app, code, verifier)
+    assert tokens.status_code == 200, tokens.text
+    assert json.loads(_b64(tokens.json()["id_token"].split(".")[1]))["nonce"] == "😀" * 128
+
+
 def test_prompt_consent_shows_consent_even_to_a_first_party_client(provider, first_party_app):
     browser = signed_in_browser(provider)
     answer, _, _ = ask(provider, browser, first_party_app, prompt="consent")
@@ -256,6 +301,15 @@ def test_signing_out_ends_a_copied_cookie_too(provider, alice):
     assert out.status_code == 302
     assert not is_signed_in(provider, browser)
     assert not is_signed_in(provider, copied)  # the thief's copy is dead as well
+
+
+def test_signing_in_again_ends_the_browsers_previous_session(provider):
+    browser = signed_in_browser(provider)
+    copied = browser.cookies.get_dict()
+    page = browser.get(provider.url + "/login", timeout=30)
+    assert login_form(browser, page, "alice", "alice-password").status_code == 302
+    assert is_signed_in(provider, browser)
+    assert not is_signed_in(provider, copied)
 
 
 def test_a_password_change_ends_every_session_of_the_user(provider):

@@ -164,3 +164,25 @@ def test_a_client_with_its_own_ticket_rate_is_held_to_it(defaults):
     # the operator lifts it, and every instance sees that at once
     defaults.cli("clients", "update", metered["client_id"], "--ticket-rate", "off")
     assert defaults.create_ticket(metered, requester_ip="192.0.2.9").status_code == 201
+
+
+def test_the_hosted_page_cannot_use_up_a_backends_quota(defaults):
+    """Anonymous browsers opening a client's hosted login page count against a quota of their
+    own, not the one its backend makes tickets with."""
+    from urllib.parse import urlencode
+
+    from helpers import ask_for_qr
+
+    shop = defaults.create_client("--name", "Both doors", "--ticket-rate", "3/600",
+                                  "--redirect-uri", "https://both.example/cb")
+    query = urlencode({"response_type": "code", "client_id": shop["client_id"],
+                       "redirect_uri": "https://both.example/cb", "scope": "openid",
+                       "state": "s", "code_challenge": pkce()[1],
+                       "code_challenge_method": "S256"})
+    for n in range(3):
+        browser = requests.Session()
+        page = browser.get(f"{defaults.url}/authorize?{query}", timeout=30)
+        assert ask_for_qr(browser, page).status_code == 201
+    answers = [defaults.create_ticket(shop, requester_ip=f"192.0.2.{n + 20}").status_code
+               for n in range(4)]
+    assert answers == [201, 201, 201, 429]
