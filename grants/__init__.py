@@ -4,6 +4,7 @@
 - ``authorization_code``: code + PKCE behind the hosted login page
 - ``refresh_token``: rotation and reuse detection
 - ``tickets``: the ticket state machine both the grants and the mobile endpoints use
+- ``token_core``: every rule of a ticket poll and its issuance, for both token paths
 - ``openid``: the ID token, for every grant
 """
 
@@ -16,8 +17,8 @@ from .refresh_token import RefreshTokenGrant
 def register(server, parts) -> None:
     """Register every grant on Authlib's server, bound to the app's storage and keys."""
     for cls in (QRTicketGrant, DeviceCodeGrant):
-        bound = type(cls.__name__, (cls,), {"tickets": parts.tickets})
-        server.register_grant(bound, [_bind(OpenIDToken, parts)()])
+        # the token core adds the ID token itself (grants/token_core.py)
+        server.register_grant(type(cls.__name__, (cls,), {"core": parts.core}))
     code = type("AuthorizationCodeGrant", (AuthorizationCodeGrant,), {"parts": parts})
     server.register_grant(
         code, [CodeChallenge(required=True), _bind(OpenIDCode, parts)(require_nonce=False)]

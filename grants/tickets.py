@@ -26,7 +26,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from provider.audit import audit, audit_after_commit
@@ -61,7 +61,7 @@ class NewTicket:
     user_code: str
 
 
-# the fast path's redeem and the token row it writes (Tickets._SQL), as Token(**oauth.token_row())
+# issuance's redeem and the token row it writes (Tickets._SQL), as Token(**oauth.token_row())
 _REDEEM = ("UPDATE tickets SET status = 'redeemed', redeemed_at = :at"
            " WHERE id = :id AND status = 'approved' AND expires_at > :at")
 _TOKEN_COLUMNS = ("jti", "client_id", "user_id", "grant_type", "scope", "issued_at", "expires_at",
@@ -194,95 +194,53 @@ class Tickets:
         self.db.session.refresh(row)
         return row
 
-    # -- the web client's side ---------------------------------------------------------------
-    def note_poll(self, row: Ticket, at: float) -> bool:
-        """Record a token poll; False when it came too early (the caller answers ``slow_down``).
+    # -- the web client's side: the token core's statements (grants/token_core.py) ------------
+    # Single statements on the autocommit engine's pooled DBAPI connections: no ORM, no
+    # transaction of their own but the statement (one round trip on PostgreSQL).
+    def record_poll(self, ticket_hash: str, client_id: str, at: float) -> bool:
+        """Record a token poll of a waiting ticket that came on time; False (and nothing
+        changed) when the ticket is not ``client_id``'s, not waiting (pending or scanned),
+        expired, or polled too early. One conditional ``UPDATE``, so the interval holds across
+        instances: a poll up to 20% early (network jitter) is on time, the first always is."""
+        return self._raw(self._engine(), "poll",
+                         {"h": ticket_hash, "c": client_id, "at": at}).rowcount == 1
 
-        The check and the bookkeeping are one conditional UPDATE on the ticket's row, so the
-        interval holds across instances. A poll up to 20% early (network jitter) is let through;
-        the first poll always is. A too-early poll grows the interval by 5 s, never past the
-        maximum, and counts as a poll itself. Committed at once, whatever the poll answers.
-        """
-        session = self.db.session
-        on_time = session.execute(
-            update(Ticket)
-            .where(
-                Ticket.id == row.id,
-                (Ticket.last_poll_at.is_(None))
-                | (Ticket.last_poll_at + Ticket.poll_interval * 0.8 <= at),
-            )
-            .values(last_poll_at=at)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if not on_time:
-            session.execute(
-                update(Ticket)
-                .where(Ticket.id == row.id)
-                .values(
-                    last_poll_at=at,
-                    poll_interval=case(
-                        (Ticket.poll_interval + 5 > self.max_interval, self.max_interval),
-                        else_=Ticket.poll_interval + 5,
-                    ),
-                )
-                .execution_options(synchronize_session=False)
-            )
-        session.commit()
-        return bool(on_time)
+    def load_for_poll(self, ticket_hash: str) -> dict | None:
+        """The ticket a poll names, with its user's claims once a user scanned it; None if
+        there is none."""
+        row = self._raw(self._engine(), "load", {"h": ticket_hash}).fetchone()
+        return dict(zip(self._LOADED, row)) if row is not None else None
 
-    # -- the fast poll path (provider/fastpoll.py): single statements, no ORM, no transaction --
-    def fast_poll(self, ticket_hash: str, client_id: str, at: float) -> bool | dict | None:
-        """The fast poll path's look at a ticket (provider/fastpoll.py), with no ORM and no
-        transaction of its own:
+    def slow_down(self, ticket_id: str, at: float) -> None:
+        """A poll came too early: it counts as a poll, and the interval grows by 5 s, never
+        past the maximum (RFC 8628 §3.5)."""
+        self._raw(self._engine(), "slow_down",
+                  {"id": ticket_id, "at": at, "max": self.max_interval})
 
-        - True: the ticket is ``client_id``'s, waiting (pending or scanned), unexpired and polled
-          no earlier than its interval allows, and the poll is now recorded: ``note_poll``'s
-          on-time case, in one conditional ``UPDATE``;
-        - a dict: the ticket is ``client_id``'s, approved and unexpired (what
-          ``QRTicketGrant.validate_token_request`` accepts), with its user's claims, for
-          ``redeem_with_token``; nothing is changed;
-        - None: neither, and nothing is changed; the caller takes the full path, whose rules
-          decide what else to answer.
-
-        (An exception usually changes nothing either; only if the database committed and the
-        connection died before its reply was the poll recorded, and the full path then answers
-        ``slow_down`` once.)"""
-        engine = self.db.autocommit_engine
-        if engine is None:
-            return None
-        params = {"h": ticket_hash, "c": client_id, "at": at}
-        style = engine.dialect.paramstyle
-        with _cursor(engine) as cursor:
-            cursor.execute(_statement("poll", style), params)
-            if cursor.rowcount == 1:
-                return True
-            # only now, on the same connection: a waiting ticket's poll stays one statement
-            cursor.execute(_statement("approved", style), params)
-            row = cursor.fetchone()
-        return dict(zip(self._APPROVED, row)) if row is not None else None
+    def _engine(self):
+        return self.db.autocommit_engine
 
     def client_for_poll(self, client_id: str):
-        """(secret_hash, public, grant_types, id_token_alg, token_endpoint_auth_method) of a
-        client, or None: what the fast path's client authentication and issuance need."""
-        engine = self.db.autocommit_engine
-        if engine is None:
-            return None
-        row = self._raw(engine, "client", {"c": client_id}).fetchone()
+        """(secret_hash, public, grant_types, id_token_alg, token_endpoint_auth_method,
+        redirect_uris) of a client, or None: what the event path's client authentication,
+        issuance and CORS need."""
+        row = self._raw(self._engine(), "client", {"c": client_id}).fetchone()
         if row is None:
             return None
-        secret_hash, public, grant_types, id_token_alg, auth_method = row
+        secret_hash, public, grant_types, id_token_alg, auth_method, redirect_uris = row
         if isinstance(grant_types, str):
             grant_types = json.loads(grant_types)
+        if isinstance(redirect_uris, str):
+            redirect_uris = json.loads(redirect_uris)
         return (secret_hash, bool(public), frozenset(grant_types or ()), id_token_alg,
-                auth_method)
+                auth_method, tuple(redirect_uris or ()))
 
     def redeem_with_token(self, ticket_id: str, token: dict) -> bool:
-        """The fast path's issuance, step 2: approved -> redeemed and the token row, in one
-        transaction, as ``redeem`` and ``save_token`` do on the full path. False when another
-        request redeemed it first (or it expired meanwhile): nothing is written. The time is
-        read when the transaction starts (after the signatures, and on SQLite after the write
-        lock), as the full path reads it."""
-        engine = self.db.autocommit_engine
+        """Issuance's write: approved -> redeemed and the token row, in one transaction. False
+        when another request redeemed it first (or it expired meanwhile): nothing is written.
+        The time is read when the transaction starts (after the signatures, and on SQLite after
+        the process's write lock: its threads queue there, not in SQLite's busy handler)."""
+        engine = self._engine()
         if not self.db.is_sqlite:  # one statement, so one transaction and one round trip
             params = dict(token, id=ticket_id, at=now())
             return self._raw(engine, "redeem_with_token", params).rowcount == 1
@@ -306,26 +264,41 @@ class Tickets:
                 " AND status IN ('pending', 'scanned') AND expires_at > :at"
                 " AND (last_poll_at IS NULL OR last_poll_at + poll_interval * 0.8 <= :at)",
         "client": "SELECT secret_hash, public, grant_types, id_token_signed_response_alg,"
-                  " token_endpoint_auth_method FROM clients WHERE client_id = :c",
-        "approved": "SELECT t.id, t.user_id, t.scope, t.nonce, t.decided_at, t.code_challenge,"
-                    " u.sub, u.username, u.name, u.email, u.picture"
-                    " FROM tickets t JOIN users u ON u.id = t.user_id"
-                    " WHERE t.ticket_hash = :h AND t.client_id = :c AND t.kind <> 'authorize'"
-                    " AND t.status = 'approved' AND t.expires_at > :at",
+                  " token_endpoint_auth_method, redirect_uris FROM clients WHERE client_id = :c",
+        "load": "SELECT t.id, t.client_id, t.kind, t.status, t.expires_at, t.user_id, t.scope,"
+                " t.nonce, t.decided_at, t.code_challenge,"
+                " u.sub, u.username, u.name, u.email, u.picture"
+                " FROM tickets t LEFT JOIN users u ON u.id = t.user_id"
+                " WHERE t.ticket_hash = :h",
+        "slow_down": "UPDATE tickets SET last_poll_at = :at, poll_interval = CASE"
+                     " WHEN poll_interval + 5 > :max THEN :max ELSE poll_interval + 5 END"
+                     " WHERE id = :id",
         "redeem": _REDEEM,
         "token_row": _TOKEN_INSERT + " VALUES " + _TOKEN_VALUES,
         "redeem_with_token": "WITH redeemed AS (" + _REDEEM + " RETURNING id) "
                              + _TOKEN_INSERT + " SELECT " + _TOKEN_VALUES[1:-1]
                              + " FROM redeemed",
     }
-    _APPROVED = ("id", "user_id", "scope", "nonce", "decided_at", "code_challenge",
-                 "sub", "username", "name", "email", "picture")
+    _LOADED = ("id", "client_id", "kind", "status", "expires_at", "user_id", "scope", "nonce",
+               "decided_at", "code_challenge", "sub", "username", "name", "email", "picture")
 
     def _raw(self, engine, name: str, params: dict) -> _Spent:
-        """Run ``_SQL[name]`` on a pooled DBAPI connection; returns the spent cursor's results."""
-        with _cursor(engine) as cursor:
-            cursor.execute(_statement(name, engine.dialect.paramstyle), params)
-            return _Spent(cursor.rowcount, cursor.fetchall() if cursor.description else [])
+        """Run ``_SQL[name]`` on a pooled DBAPI connection; returns the spent cursor's results.
+
+        A kept connection the database closed meanwhile (a restart, an idle timeout) fails
+        before the statement ran: it is thrown away and the statement runs once more on a new
+        one, so the first poll after a database restart does not fail."""
+        sql = _statement(name, engine.dialect.paramstyle)
+        for attempt in (1, 2):
+            try:
+                with _cursor(engine) as cursor:
+                    cursor.execute(sql, params)
+                    return _Spent(cursor.rowcount,
+                                  cursor.fetchall() if cursor.description else [])
+            except engine.dialect.loaded_dbapi.Error as exc:
+                if attempt == 2 or not engine.dialect.is_disconnect(exc, None, None):
+                    raise
+        raise AssertionError("unreachable")
 
     def redeem(self, row: Ticket, at: float) -> bool:
         """approved -> redeemed, once. Not committed here: the caller commits it with the tokens."""

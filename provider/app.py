@@ -19,7 +19,6 @@ from keys import KeyError_, KeyStore
 from . import config, csrf, headers, seal
 from .body import MAX_BODY, BodyLimit
 from .db import Database
-from .fastpoll import FastPoll
 from .models import Setting
 from .notify import LocalNotifier
 from .ratelimit import RateLimiter
@@ -40,11 +39,13 @@ class Parts:
     server: object = None
     limiter: object = None
     codes: object = None  # seals authorization codes (grants/authorization_code.py)
+    core: object = None  # the token core of the ticket grants (grants/token_core.py)
 
 
 def create_app(overrides: dict | None = None) -> Flask:
     from grants import register as register_grants
     from grants.tickets import Tickets
+    from grants.token_core import TokenCore
 
     from . import cors, http, pages
     from .oauth import Server
@@ -70,6 +71,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     notifier = LocalNotifier(recheck=float(settings["LONG_POLL_RECHECK"]))
     parts = Parts(settings=settings, db=database, keys=keys, notifier=notifier)
     parts.tickets = Tickets(database, settings, notifier, secret=app.secret_key)
+    parts.core = TokenCore(settings, keys, parts.tickets)
     parts.limiter = RateLimiter(database, settings)
     # (the issuer is bound in: another deployment sharing the secret cannot open these)
     parts.codes = seal.Sealer(app.secret_key, f"authorization code {settings['ISSUER']}")
@@ -100,9 +102,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     _install_access_log(app)
     csrf.init_app(app)
     headers.init_app(app, secure)
-    # WSGI middleware, innermost first: the fast poll path, the body limit, the proxy headers
-    if settings["FAST_POLL"]:
-        app.wsgi_app = FastPoll(app.wsgi_app, parts, secure)
+    # WSGI middleware, innermost first: the body limit, the proxy headers
     app.wsgi_app = BodyLimit(app.wsgi_app, secure=secure)
     if int(settings["TRUSTED_PROXIES"]):
         hops = int(settings["TRUSTED_PROXIES"])

@@ -13,10 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextvars import ContextVar
 
 from flask import g, has_request_context, request
 
 log = logging.getLogger("qr_oidc.audit")
+
+# the peer (ip, user agent) of a request the event path (provider/events.py) serves, which has
+# no Flask request: set around the work it hands to a database thread
+PEER: ContextVar[tuple[str | None, str | None] | None] = ContextVar("qr_oidc_peer",
+                                                                   default=None)
 
 
 def audit(event: str, **fields) -> None:
@@ -29,6 +35,10 @@ def audit(event: str, **fields) -> None:
     if has_request_context():
         peer = record["ip"] = request.remote_addr
         record["user_agent"] = (request.headers.get("User-Agent") or "")[:200] or None
+    elif PEER.get() is not None:
+        peer, agent = PEER.get()
+        record["ip"] = peer
+        record["user_agent"] = (agent or "")[:200] or None
     record.update(fields)
     if isinstance(record.get("user_agent"), str):
         record["user_agent"] = record["user_agent"][:200]

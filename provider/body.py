@@ -28,18 +28,22 @@ def body_params(request) -> MultiDict:
     cached = g.get("qr_oidc_body")
     if cached is not None:
         return cached
-    raw = request.get_data(cache=True)
-    if not raw:
-        params = MultiDict()
-    elif request.mimetype == "application/x-www-form-urlencoded":
-        params = _form(raw)
-    elif request.mimetype == "application/json" or request.mimetype.endswith("+json"):
-        params = _json(raw)
-    else:
-        raise InvalidRequestError(
-            "Send the parameters as application/x-www-form-urlencoded or application/json.")
+    params = parse_body(request.get_data(cache=True), request.mimetype)
     g.qr_oidc_body = params
     return params
+
+
+def parse_body(raw: bytes, mimetype: str) -> MultiDict:
+    """The parameters of a body of ``mimetype`` (lowercase, without parameters), by the rules
+    above: Flask's routes and the event path (provider/events.py) both read bodies here."""
+    if not raw:
+        return MultiDict()
+    if mimetype == "application/x-www-form-urlencoded":
+        return _form(raw)
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        return _json(raw)
+    raise InvalidRequestError(
+        "Send the parameters as application/x-www-form-urlencoded or application/json.")
 
 
 def _form(raw: bytes) -> MultiDict:
@@ -96,6 +100,9 @@ def _shown(name: str) -> str:
     return _UNSHOWABLE.sub("?", name)[:40]
 
 
+TOO_LARGE = b'{"error": "invalid_request", "error_description": "Body too large."}'
+
+
 class BodyLimit:
     """WSGI middleware: refuse bodies over ``MAX_BODY`` before the app reads them, chunked ones
     included (they carry no Content-Length for Flask's own limit to check)."""
@@ -127,6 +134,6 @@ class BodyLimit:
 
     @staticmethod
     def _refuse(start_response, headers):
-        body = b'{"error": "invalid_request", "error_description": "Body too large."}'
-        start_response("413 Content Too Large", [("Content-Length", str(len(body))), *headers])
-        return [body]
+        start_response("413 Content Too Large",
+                       [("Content-Length", str(len(TOO_LARGE))), *headers])
+        return [TOO_LARGE]

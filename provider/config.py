@@ -32,9 +32,9 @@ DEFAULTS: dict[str, object] = {
     "POLL_INTERVAL": 2,  # seconds between token polls, RFC 8628 §3.2 "interval"
     "MAX_POLL_INTERVAL": 60,  # slow_down never grows the interval past this
     "LONG_POLL_MAX": 25,  # longest wait the status endpoint holds a request
-    "LONG_POLL_RECHECK": 1,  # a waiting long poll re-reads the database at least this often
-    # answer on-time polls of waiting tickets in one statement, before Flask (provider/fastpoll.py)
-    "FAST_POLL": True,
+    "LONG_POLL_RECHECK": 10,  # a waiting long poll re-reads the database at least this often
+    "LONG_POLLS_PER_TICKET": 4,  # long polls held at once per ticket; more answer at once
+    "LONG_POLL_LIMIT": 20000,  # long polls held at once per process; more answer at once
     "EXPIRED_RETENTION": 900,  # expired tickets answer "expired" this long before purge
     # Tokens
     "ACCESS_TOKEN_TTL": 3600,
@@ -50,10 +50,11 @@ DEFAULTS: dict[str, object] = {
     "MAINTENANCE_INTERVAL": 30,  # seconds between background purges and rotation checks
     # Server
     "WORKERS": 1,
-    "THREADS": 1000,
+    "THREADS": 64,  # threads per worker for what Flask serves (pages, discovery, tickets)
     "DB_POOL_SIZE": 10,  # database connections kept per process
     "DB_MAX_OVERFLOW": 20,  # extra connections a process may open under load
-    "DB_FAST_POOL_SIZE": 10,  # connections of the fast poll path's pool per process (kept)
+    # threads of the event path's database work per process, and its kept connections
+    "DB_FAST_POOL_SIZE": 8,
     # seconds a request waits for a free connection before it answers 503 temporarily_unavailable
     "DB_POOL_TIMEOUT": 10,
     "LOG_LEVEL": "info",
@@ -143,6 +144,12 @@ def load(overrides: dict | None = None, environ: dict | None = None) -> dict:
         if raw != "off" and not re.fullmatch(r"[1-9][0-9]*/[1-9][0-9]*", raw):
             raise ConfigError(f"{PREFIX}{name} must be COUNT/SECONDS (e.g. 30/60) or off, "
                               f"not {settings[name]!r}")
+    url = str(settings["DATABASE_URL"])
+    if url.startswith("sqlite") and url.split("?", 1)[0].rstrip("/") in (
+            "sqlite:", "sqlite:/", "sqlite://", "sqlite:///:memory:") or ":memory:" in url:
+        # every connection of an in-memory database is a database of its own
+        raise ConfigError(f"{PREFIX}DATABASE_URL: an in-memory SQLite database cannot be shared "
+                          "by the server's connections; use a file (sqlite:///path/qr-oidc.db)")
     if int(settings["POLL_INTERVAL"]) < 1:
         raise ConfigError(f"{PREFIX}POLL_INTERVAL must be at least 1 second")
     if int(settings["TICKET_TTL"]) < 1:

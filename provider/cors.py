@@ -40,14 +40,37 @@ def _calling_client_id() -> str | None:
     return clientauth.presented_id(request.headers.get("Authorization"), params)
 
 
+def origin_allowed(origin: str, redirect_uris) -> bool:
+    """Whether ``origin`` is the origin of one of a client's redirect URIs."""
+    return origin.lower() in {origin_of(uri) for uri in redirect_uris}
+
+
 def _allowed(origin: str) -> bool:
     client_id = _calling_client_id()
     if not clientauth.usable_id(client_id):
         return False
     client = current_app.extensions["qr_oidc"].db.session.get(Client, client_id)
-    if client is None:
-        return False
-    return origin.lower() in {origin_of(uri) for uri in client.redirect_uris}
+    return client is not None and origin_allowed(origin, client.redirect_uris)
+
+
+def answer_headers(origin: str, *, any_origin: bool = False, preflight: bool = False,
+                   allowed=lambda: False) -> list[tuple[str, str]]:
+    """The CORS headers of an answer to a request from ``origin``: for a preflight, for an
+    endpoint any origin may read, or for one whose client's origins may (``allowed()``).
+    Flask's answers and the event path's (provider/events.py) both take them from here."""
+    headers = []
+    if preflight:
+        headers += [("Access-Control-Allow-Origin", origin),
+                    ("Access-Control-Allow-Methods", "POST"),
+                    ("Access-Control-Allow-Headers", "Content-Type"),
+                    ("Access-Control-Max-Age", "600")]
+    elif any_origin:
+        headers.append(("Access-Control-Allow-Origin", "*"))
+    elif allowed():
+        headers += [("Access-Control-Allow-Origin", origin),
+                    ("Access-Control-Expose-Headers", "Retry-After")]
+    headers.append(("Vary", "Origin"))
+    return headers
 
 
 def init_app(app) -> None:
@@ -57,15 +80,11 @@ def init_app(app) -> None:
         endpoint = request.endpoint
         if not origin or endpoint not in CLIENT_ORIGIN_ENDPOINTS | ANY_ORIGIN_ENDPOINTS:
             return response
-        if request.method == "OPTIONS":
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Methods"] = "POST"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
-            response.headers["Access-Control-Max-Age"] = "600"
-        elif endpoint in ANY_ORIGIN_ENDPOINTS:
-            response.headers["Access-Control-Allow-Origin"] = "*"
-        elif _allowed(origin):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
-        response.headers.add("Vary", "Origin")
+        for name, value in answer_headers(origin, any_origin=endpoint in ANY_ORIGIN_ENDPOINTS,
+                                          preflight=request.method == "OPTIONS",
+                                          allowed=lambda: _allowed(origin)):
+            if name == "Vary":
+                response.headers.add(name, value)
+            else:
+                response.headers[name] = value
         return response

@@ -79,15 +79,16 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20, **options
 
 
 def make_autocommit_engine(url: str, pool_size: int = 10) -> Engine:
-    """An engine for single statements that are their own transaction (provider/fastpoll.py).
+    """An engine for single statements that are their own transaction (the token core's,
+    grants/token_core.py).
 
     One round trip per statement on PostgreSQL (no ``BEGIN``/``COMMIT``, no pre-ping: a dead
-    connection fails the statement and the caller takes the ordinary path); on SQLite the write
+    connection is replaced when a statement finds it closed: ``Tickets._raw``); on SQLite the write
     lock is held only inside the statement, never while a thread waits for the GIL.
     """
     # Every connection it opens is kept (opened on demand, at most ``pool_size``): one opened and
     # closed per poll under load costs more than the statement. A poll that cannot get one
-    # within a second takes the ordinary path.
+    # within a second fails (the token endpoint then answers 503).
     return make_engine(url, pool_size, 0, pool_timeout=1, isolation_level="AUTOCOMMIT",
                        pool_reset_on_return=None, pool_pre_ping=False)
 
@@ -109,11 +110,9 @@ class Database:
         self._write_lock = threading.Lock()
 
     @property
-    def autocommit_engine(self) -> Engine | None:
-        """The engine of ``make_autocommit_engine``, made on first use; None for an in-memory
-        SQLite database (a second engine would see another, empty database)."""
-        in_memory = self.is_sqlite and self.engine.url.database in (None, "", ":memory:")
-        if self._autocommit is None and not in_memory:
+    def autocommit_engine(self) -> Engine:
+        """The engine of ``make_autocommit_engine``, made on first use."""
+        if self._autocommit is None:
             with self._autocommit_lock:
                 if self._autocommit is None:
                     self._autocommit = make_autocommit_engine(self.url, self._fast_pool_size)

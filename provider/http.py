@@ -29,14 +29,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from grants.openid import user_claims
 from grants.refresh_token import revoke_family
-from grants.tickets import TicketError
-
-from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, SCOPE_TOKEN, Client, Token, User
+from . import actions
 from .audit import discard_after_rollback, flush_after_commit
+from .models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, SCOPE_TOKEN, Client, Token, User
 from .body import body_params
 from .oauth import ACCESS_TOKEN_ALGS, BearerError, BodyRequest, authenticate_bearer
 from .ratelimit import TooManyRequests
-from .security import digest, normalize_user_code
+from .security import digest
 
 bp = Blueprint("api", __name__)
 
@@ -166,7 +165,8 @@ def token():
 @bp.route("/userinfo", methods=["GET", "POST"])
 def userinfo():
     try:
-        _claims, row, user = authenticate_bearer(parts(), required_scope="openid")
+        _claims, row, user = authenticate_bearer(parts(), request.headers.get("Authorization"),
+                                                 required_scope="openid")
     except BearerError as exc:
         return bearer_error(exc)
     if user is None:
@@ -278,10 +278,17 @@ def introspect():
 
 
 def bearer_error(exc: BearerError) -> Response:
-    challenge = f'Bearer error="{exc.error}", error_description="{exc.description}"'
-    if exc.error == "insufficient_scope":
-        challenge += ', scope="qr:approve"' if "qr:approve" in exc.description else ""
-    return error(exc.error, exc.status, exc.description, {"WWW-Authenticate": challenge})
+    return respond(actions.bearer_error(exc))
+
+
+def respond(answer: actions.Answer) -> Response:
+    """A Flask response for an answer of provider/actions.py."""
+    if answer.oauth_error is not None:
+        return oauth_error(answer.oauth_error)
+    response = jsonify(answer.body)
+    response.status_code = answer.status
+    response.headers.update(answer.headers)
+    return response
 
 
 # -- tickets: the web client's side ----------------------------------------------------------------
@@ -428,59 +435,19 @@ def device_authorization():
     })
 
 
-def _status_body(row, at: float) -> dict:
-    status = row.public_status(at)
-    body = {"status": status, "expires_in": max(0, int(row.expires_at - at))}
-    if row.user_id is not None and status != "expired":
-        user = parts().db.session.get(User, row.user_id)
-        if user is not None:
-            body["user"] = {"name": user.name or user.username, "picture": user.picture}
-    return body
-
-
 @bp.post("/qr/status")
 def ticket_status():
-    """Status for the page; with ``wait`` a long poll answering as soon as the status changes."""
-    p = parts()
+    """Status for the page. ``qr-oidc serve`` answers this endpoint on its event loop, where
+    ``wait`` makes a long poll (provider/events.py); here, in the app alone, it answers at once
+    with the current status (a long poll must not hold a thread)."""
     try:
         data = body_params(request)
     except OAuth2Error as exc:
         return oauth_error(exc)
-    secret = data.get("ticket")
-    if not secret:
-        return error("invalid_request", 400, "Missing 'ticket'.")
-    try:
-        wait = float(data.get("wait") or 0)
-    except ValueError:
-        return error("invalid_request", 400, "'wait' must be a number of seconds.")
-    if not 0 <= wait < 1e6:
-        return error("invalid_request", 400, "'wait' must be a number of seconds.")
-    wait = min(wait, float(p.settings["LONG_POLL_MAX"]))
-    known = data.get("last_status")
-
-    row = p.tickets.by_ticket(secret)
-    if row is None:
-        return error("unknown_ticket", 404, "No such ticket.")
-    ticket_id = row.id
-    at = time.time()
-    known = known or row.public_status(at)
-    deadline = time.monotonic() + wait
-    while True:
-        seen = p.notifier.version(ticket_id)
-        at = time.time()
-        status = row.public_status(at)
-        if status != known or time.monotonic() >= deadline:
-            return json_response(_status_body(row, at))
-        remaining = deadline - time.monotonic()
-        if status != "expired":  # wake when it expires, too
-            remaining = min(remaining, row.expires_at - at + 0.01)
-        # End the read transaction and forget the loaded row before waiting: no connection is
-        # held while waiting, and the next read sees the change that woke us (not a cached row).
-        p.db.session.rollback()
-        p.notifier.wait(ticket_id, seen, max(0.0, remaining))
-        row = p.tickets.by_ticket(secret)
-        if row is None:  # purged meanwhile
-            return error("unknown_ticket", 404, "No such ticket.")
+    asked = actions.status_request(data, float(parts().settings["LONG_POLL_MAX"]))
+    if isinstance(asked, actions.Answer):
+        return respond(asked)
+    return respond(actions.status_answer(actions.read_status(parts(), asked.ticket)))
 
 
 @bp.get("/qr/<scan_code>.<fmt>")
@@ -509,77 +476,22 @@ def qr_image(scan_code: str, fmt: str):
     return response
 
 
-# -- tickets: the phone's side -------------------------------------------------------------------
-def _mobile(action):
-    p = parts()
-    try:
-        _claims, _row, user = authenticate_bearer(p, required_scope="qr:approve")
-    except BearerError as exc:
-        return bearer_error(exc)
-    if user is None:
-        return bearer_error(BearerError("invalid_token", 401, "The token names no user."))
-    try:
-        data = body_params(request)
-    except OAuth2Error as exc:
-        return oauth_error(exc)
-    scan_code, user_code = data.get("scan_code"), data.get("user_code")
-    if not scan_code and not user_code:
-        return error("invalid_request", 400, "Send scan_code (from the QR) or user_code.")
-    if scan_code:
-        row, code = p.tickets.by_code(scan_code, None)
-    else:
-        try:
-            row, code = find_by_user_code(p, user_code, user)
-        except TooManyRequests as exc:
-            return too_many(exc)
-    try:
-        return action(p, row, code, user, data)
-    except TicketError as exc:
-        p.db.session.rollback()
-        return error(exc.error, exc.status, exc.description)
-
-
-def find_by_user_code(p, typed: str, user):
-    """A ticket by typed user code, counting wrong codes per user and per IP (RFC 8628 §5.1):
-    a guesser is stopped after RATE_USER_CODE_USER wrong tries. Every try is counted before
-    the lookup (so parallel guesses cannot pass the limit together); a right one is given
-    back."""
-    limiter = p.limiter
-    counted = [limiter.hit("user_code_user", user.sub),
-               limiter.hit("user_code_ip", request.remote_addr)]
-    row, code = p.tickets.by_code(None, typed) if normalize_user_code(typed) else (None, None)
-    if row is not None:
-        for count in counted:
-            limiter.give_back(count)
-    return row, code
-
-
-def _scan(p, row, code, user, _data):
-    row = p.tickets.scan(row, user)
-    client = p.db.session.get(Client, row.client_id)
-    return json_response(p.tickets.scan_view(row, code, client))
-
-
-def _approve(p, row, _code, user, data):
-    row = p.tickets.approve(row, user, data.get("binding_code"))
-    return json_response({"status": row.public_status()})
-
-
-def _deny(p, row, _code, user, _data):
-    row = p.tickets.deny(row, user)
-    return json_response({"status": row.public_status()})
+# -- tickets: the phone's side (the work is provider/actions.py's; served on the event loop) -------
+def _mobile(action: str):
+    return respond(actions.mobile(parts(), action, request.headers.get("Authorization"),
+                                  lambda: body_params(request), request.remote_addr))
 
 
 @bp.post("/qr/scan")
 def scan():
-    return _mobile(_scan)
+    return _mobile("scan")
 
 
 @bp.post("/qr/approve")
 def approve():
-    return _mobile(_approve)
+    return _mobile("approve")
 
 
 @bp.post("/qr/deny")
 def deny():
-    return _mobile(_deny)
+    return _mobile("deny")

@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
-from authlib.oauth2 import OAuth2Error, OAuth2Request
+from authlib.oauth2 import OAuth2Request
 from authlib.oauth2.rfc6749.util import scope_to_list
-from flask import current_app, g
+from flask import current_app
 from flask import request as flask_request
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -30,6 +29,7 @@ from .models import Client, Token, User, now
 from .security import digest, new_id, new_secret
 
 ACCESS_TOKEN_ALGS = ["RS256", "ES256", "EdDSA"]
+_PENDING = "qr_oidc:pending"  # a generated token's row data, until save_token takes it
 
 
 class BodyPayload(FlaskOAuth2Payload):
@@ -64,23 +64,14 @@ DESCRIPTIONS = {
 }
 
 
-class InvalidTargetError(OAuth2Error):
-    """RFC 8707 §2: the requested resource is not a usable URI."""
-
-    error = "invalid_target"
-
-
 def requested_resource() -> str | None:
-    """The ``resource`` of a token request (RFC 8707): the access token's ``aud`` if given."""
+    """The ``resource`` of a token request (RFC 8707): the access token's ``aud`` if given
+    (the token core's rule, ``grants/token_core.check_resource``)."""
+    from grants.token_core import check_resource
+
     if flask_request.endpoint != "api.token":
         return None
-    value = body_params(flask_request).get("resource")
-    if value is None:
-        return None
-    parts = urlsplit(value)
-    if not parts.scheme or not parts.netloc or parts.fragment or len(value) > 2000:
-        raise InvalidTargetError("resource must be an absolute URI without a fragment.")
-    return value
+    return check_resource(body_params(flask_request).get("resource"))
 
 
 class Server(AuthorizationServer):
@@ -101,7 +92,7 @@ class Server(AuthorizationServer):
         return BodyRequest(flask_request)
 
     def authenticate_client(self, request, methods, endpoint="token"):
-        """Every endpoint's client authentication, the fast path's too: provider/clientauth.py."""
+        """Every endpoint's client authentication, the event path's too: provider/clientauth.py."""
         client = clientauth.authenticate(self._query_client_impl,
                                          request.headers.get("Authorization"),
                                          request.payload.data, methods)
@@ -109,13 +100,7 @@ class Server(AuthorizationServer):
         return client
 
     def handle_error_response(self, request, error):
-        # invalid_client is always 401 here (SPEC.md), with the Basic challenge RFC 6749 §5.2 names
-        if error.error == "invalid_client":
-            error.status_code = 401
-        if not error.description:  # some Authlib errors keep their text only in a getter
-            error.description = error.get_error_description() or DESCRIPTIONS.get(
-                error.error, error.error.replace("_", " ").capitalize() + ".")
-        return super().handle_error_response(request, error)
+        return self.handle_response(*error_triple(error))
 
     # -- storage -----------------------------------------------------------------------------
     def _query_client_impl(self, client_id):
@@ -131,11 +116,12 @@ class Server(AuthorizationServer):
             aud=requested_resource(), lifetime=expires_in,
             refresh=include_refresh_token and "offline_access" in (scope_to_list(scope) or []),
         )
-        g.qr_oidc_pending_token = pending  # what save_token stores, kept off the response
+        # what save_token stores; it takes it off the token before the response is made
+        token[_PENDING] = pending
         return token
 
     def _save_token_impl(self, token, request):
-        pending = g.pop("qr_oidc_pending_token")
+        pending = token.pop(_PENDING)
         credential = getattr(request, "credential", None) or getattr(
             request, "authorization_code", None
         )
@@ -155,7 +141,19 @@ class Server(AuthorizationServer):
         return row
 
 
-# -- the access token and its row: shared by every grant and by the fast path's issuance ------------
+def error_triple(error) -> tuple[int, dict, list]:
+    """(status, body, headers) of an OAuth error, as Authlib renders it, for Flask's answers
+    and the event path's alike: ``invalid_client`` is always 401 here (SPEC.md), with the Basic
+    challenge RFC 6749 §5.2 names, and every error has a description."""
+    if error.error == "invalid_client":
+        error.status_code = 401
+    if not error.description:  # some Authlib errors keep their text only in a getter
+        error.description = error.get_error_description() or DESCRIPTIONS.get(
+            error.error, error.error.replace("_", " ").capitalize() + ".")
+    return error()
+
+
+# -- the access token and its row: shared by every grant and by the token core --------------------
 def new_access_token(settings, keys, *, grant_type: str, client_id: str, sub: str,
                      scope: str | None, aud: str | None = None, lifetime: int | None = None,
                      refresh: bool = False) -> tuple[dict, dict]:
@@ -192,7 +190,7 @@ def new_access_token(settings, keys, *, grant_type: str, client_id: str, sub: st
 def token_row(settings, pending: dict, *, client_id: str, user_id: int | None, scope: str,
               family_id: str | None, auth_time, amr) -> dict:
     """The columns of the ``tokens`` row kept for an access token (and its refresh token's
-    digest): ``Token(**token_row(...))``, or the fast path's ``INSERT``."""
+    digest): ``Token(**token_row(...))``, or the token core's ``INSERT``."""
     at = now()
     return {
         "jti": pending["jti"],
@@ -219,16 +217,17 @@ class BearerError(Exception):
         self.error, self.status, self.description = error, status, description
 
 
-def authenticate_bearer(parts, required_scope: str | None = None) -> tuple[dict, Token, User | None]:
+def authenticate_bearer(parts, header: str | None,
+                        required_scope: str | None = None) -> tuple[dict, Token, User | None]:
     """Check ``Authorization: Bearer <JWT access token>`` for the provider's own protected
     endpoints (userinfo, the phone's): signature, ``typ``, issuer, audience (RFC 9068 §4: ``aud``
     must name this provider, so a token minted for another resource is refused), expiry, not
     revoked. The one check they all call.
 
-    Raises BearerError: 401 ``invalid_token`` or 403 ``insufficient_scope`` (RFC 6750 §3.1).
+    ``header`` is the request's ``Authorization`` header. Raises BearerError: 401
+    ``invalid_token`` or 403 ``insufficient_scope`` (RFC 6750 §3.1).
     """
-    header = flask_request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
+    scheme, _, value = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise BearerError("invalid_token", 401, "Send an access token: Authorization: Bearer ...")
     value = value.strip()

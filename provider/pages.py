@@ -52,7 +52,8 @@ from grants.tickets import TicketError
 from . import sessions
 from .audit import audit, flush_after_commit
 from .headers import allow_form_target
-from .http import find_by_user_code, qr_content
+from .actions import find_by_user_code
+from .http import qr_content
 from .models import Client, User
 from .ratelimit import TooManyRequests
 from .security import check_password, constant_equals, digest, hash_password, new_secret
@@ -476,7 +477,7 @@ def _confirm_screen(scan_code: str | None = None, user_code: str | None = None):
         row, code = p.tickets.by_code(scan_code, None)
     else:
         try:
-            row, code = find_by_user_code(p, user_code, user)
+            row, code = find_by_user_code(p, user_code, user, request.remote_addr)
         except TooManyRequests as exc:
             return too_many_page(exc, "Too many wrong codes. Try again later.")
     try:

@@ -1,18 +1,64 @@
-"""The production server: gunicorn with threaded workers.
+"""The production server: uvicorn's event loop (uvloop, httptools) in gunicorn's processes.
 
-Why threads: a status long poll holds its request open for up to ``LONG_POLL_MAX`` seconds while
-doing nothing (it waits on a condition variable, holding no database connection), so a worker
-needs many cheap concurrent slots rather than processes. gunicorn's gthread worker starts threads
-on demand up to ``THREADS`` (default 1000), so 500 open long polls leave plenty for token polls
-and discovery; an idle thread costs a few tens of KiB. Processes (``WORKERS``) add CPU
-parallelism for signing; they share state only through the database.
-The app is built once in the master (so a bad configuration or a wrong key passphrase stops the
-server before it binds) and each worker starts with a fresh connection pool.
+Each worker process runs one event loop serving provider/events.py's ASGI app: the hot paths
+(status long polls, the ticket grants' token polls and issuance, the phone's scan, approve and
+deny) are coroutines on the loop, their database work in a few threads; everything else is the
+Flask app, in a pool of ``THREADS`` threads behind a2wsgi. A waiting page costs a coroutine, not
+a thread. gunicorn keeps what it did before: ``WORKERS`` processes, a worker that dies is
+replaced, SIGTERM stops gracefully. The app is built once in the master (so a bad
+configuration or a wrong key passphrase stops the server before it binds) and each worker
+starts with fresh connection pools; the event loop's parts (the notifier, the database
+threads) start in the worker, at the ASGI lifespan's startup. docs/performance.md compares the
+servers and bridges this was chosen from.
 """
 
 from __future__ import annotations
 
+import resource
+import sys
+
 from gunicorn.app.base import BaseApplication
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
+
+
+def _raise_open_files() -> None:
+    """Every held long poll is an open socket: take the hard limit of open files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+class _Server(Server):
+    """uvicorn's server, telling the app when it starts to stop (held long polls answer)."""
+
+    def handle_exit(self, sig, frame):
+        app = _APP[1] if len(_APP) > 1 else None
+        if app is not None:
+            app.shutting_down()
+        super().handle_exit(sig, frame)
+
+
+class Worker(UvicornWorker):
+    CONFIG_KWARGS = {
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,  # the app logs each request by route pattern; paths carry codes
+        "proxy_headers": False,  # QR_OIDC_TRUSTED_PROXIES decides (provider/events.py)
+        "server_header": False,
+    }
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        server = _Server(config=self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(3)  # gunicorn's WORKER_BOOT_ERROR
 
 
 class _Gunicorn(BaseApplication):
@@ -30,42 +76,39 @@ class _Gunicorn(BaseApplication):
 
 
 def _post_fork(_server, _worker):
-    from .maintenance import start
-    from .notify import PgListener, SqliteWatcher
-
     parts = _APP[0].extensions["qr_oidc"]
     # connections opened in the master must not be shared by the forked workers
     parts.db.engine.dispose(close=False)
     if parts.db._autocommit is not None:
         parts.db._autocommit.dispose(close=False)
-    parts.keys.start_refresher()
-    if parts.db.engine.dialect.name == "postgresql":
-        PgListener(parts.db.engine.url, parts.notifier).start()
-    elif parts.db.is_sqlite:
-        SqliteWatcher(parts.db.engine, parts.notifier).start()
-    start(parts)
 
 
 _APP: list = []
 
 
+def asgi_app(app):
+    """The ASGI app ``qr-oidc serve`` runs for the Flask ``app``."""
+    from .events import EventApp
+
+    return EventApp(app, app.extensions["qr_oidc"])
+
+
 def run(app, host: str, port: int, workers: int, threads: int, long_poll_max: int) -> None:
-    _APP[:] = [app]
+    """Serve ``app`` (its settings give ``threads``, the Flask side's thread pool)."""
+    _raise_open_files()
+    served = asgi_app(app)
+    _APP[:] = [app, served]
     options = {
         "bind": f"{host}:{port}",
         "workers": max(1, workers),
-        "threads": max(1, threads),
-        "worker_connections": max(1, threads) + 100,
-        "worker_class": "gthread",
+        "worker_class": "provider.server.Worker",
         "timeout": long_poll_max + 30,
         "graceful_timeout": 5,
         "keepalive": 5,
-        # room for long bearer tokens: the app answers an oversized one with JSON itself
-        "limit_request_field_size": 32768,
-        "accesslog": None,  # the app logs each request by route pattern; paths carry scan codes
+        "accesslog": None,
         "errorlog": "-",
         "loglevel": "warning",
         "post_fork": _post_fork,
         "proc_name": "qr-oidc",
     }
-    _Gunicorn(app, options).run()
+    _Gunicorn(served, options).run()
