@@ -586,9 +586,16 @@
     async followStatus(url, t, signal) {
       var last = "pending", scanned = false;
       for (;;) {
+        var asked = Date.now();
         var r = await this.call(url, { ticket: t.ticket, wait: String(this.options.wait), last_status: last },
           signal);
         if (signal.aborted) return "aborted";
+        // a server that holds no more long polls answers at once with the same status: wait a
+        // moment before asking again rather than asking in a tight loop
+        if (r.status === 200 && r.body.status === last && Date.now() - asked < 1000) {
+          await sleep(1000, signal);
+          if (signal.aborted) return "aborted";
+        }
         if (r.status === 404) return "expired"; // purged: as good as expired
         if (r.status !== 200) {
           throw new QrLoginError(r.body.error || "status_failed", r.body.error_description, r.status);
