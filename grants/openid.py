@@ -57,7 +57,7 @@ class _IDTokenMixin:
 
 def id_token(settings, keys, *, client_id: str, alg: str | None, user, scope: str,
              access_token: str, nonce=None, auth_time=None, amr=None) -> str:
-    """The signed ID token for ``user``: shared by every grant and the fast path's issuance.
+    """The signed ID token for ``user``: shared by every grant and the token core.
     ``alg`` is the client's ``id_token_signed_response_alg`` (None: the server's default)."""
     alg = alg or settings["SIGNING_ALG"]
     key = keys.signing_key(alg)

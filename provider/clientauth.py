@@ -11,7 +11,7 @@ A client must use the method it registered, and only one per request (§2.3: "MU
 than one"): a Basic header beside a ``client_secret`` in the body is ``invalid_request``.
 Whatever fails (an unknown client, a wrong secret, another method, an unreadable header) is the
 same ``invalid_client`` with the same words, so the answer does not tell which ``client_id``
-exists. Authlib's server (``provider/oauth.py``) and the fast poll path (``provider/fastpoll.py``)
+exists. Authlib's server (``provider/oauth.py``) and the event path (``provider/events.py``)
 both call ``authenticate``; the CORS layer reads the calling client's id with ``presented_id``.
 """
 

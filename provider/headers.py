@@ -1,7 +1,7 @@
 """Security headers: the one place that says what every answer carries.
 
 Flask's answers get them from one ``after_request`` hook (``init_app``); the answers made before
-Flask (the fast poll path, the body limit) take the same list from ``security_headers``. A page
+Flask (the event path, provider/events.py; the body limit) take the same list from ``security_headers``. A page
 that posts on to a client (login, consent) names the client's redirect origin with
 ``allow_form_target``; nothing else sets a policy of its own.
 """

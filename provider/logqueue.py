@@ -1,7 +1,7 @@
 """A log handler that hands records to a thread of its own: the access log's.
 
 With one line per request and a thread per request, a plain ``StreamHandler`` makes every request
-queue for the handler's lock while another writes and flushes; on the fast poll path that was a
+queue for the handler's lock while another writes and flushes; on the token poll path that was a
 fifth of the worker's thread time (docs/performance.md). Here a request only puts the record on
 a queue; one thread per process formats and writes, in order, as fast as it comes. The thread is
 started in the process that first logs (so after gunicorn's fork, in each worker), and what is
