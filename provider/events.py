@@ -55,6 +55,35 @@ TOKEN_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"
                  "Pragma": "no-cache"}
 
 
+class Buffered:
+    """WSGI middleware: the Flask app's answer is made whole (and its request's teardown has
+    given its database connection back) before it goes to the server.
+
+    a2wsgi hands ``start_response`` and every chunk to the event loop and waits for it; called
+    from inside Flask, a busy loop would keep the request's connection checked out meanwhile
+    (with a small pool, other requests then time out waiting for one). Every answer Flask makes
+    here is small and whole (pages, JSON, QR images), so nothing is lost by buffering it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        started: list = []
+        body: list[bytes] = []
+
+        def capture(status, headers, exc_info=None):
+            started[:] = [status, headers, exc_info]
+            return body.append
+
+        iterable = self.app(environ, capture)
+        try:
+            body.extend(iterable)
+        finally:
+            getattr(iterable, "close", lambda: None)()
+        start_response(*started)
+        return body
+
+
 @dataclass(frozen=True)
 class ClientRecord:
     """What client authentication, the token core and CORS need of a client row."""
@@ -133,7 +162,7 @@ class EventApp:
     def __init__(self, flask_app, parts):
         settings = parts.settings
         self.flask_app, self.parts = flask_app, parts
-        self.wsgi = WSGIMiddleware(flask_app, workers=max(1, int(settings["THREADS"])))
+        self.wsgi = WSGIMiddleware(Buffered(flask_app), workers=max(1, int(settings["THREADS"])))
         self.db_threads = max(1, int(settings["DB_FAST_POOL_SIZE"]))
         self.executor: ThreadPoolExecutor | None = None
         self.clients = ClientCache(parts.tickets)
