@@ -203,7 +203,7 @@ class Provider:
         return response.json()
 
     def poll(self, client: dict, ticket: str, as_json: bool = False, **extra) -> requests.Response:
-        """A token poll; as a form (which the fast path may answer) or as JSON (always Flask)."""
+        """A token poll, as a form or as JSON."""
         data = {"grant_type": QR_GRANT, "ticket": ticket, **in_body(client), **extra}
         body = {"json": data} if as_json else {"data": data}
         return requests.post(self.url + "/token", auth=_auth(client), timeout=30, **body)

@@ -82,7 +82,7 @@ def test_sign_ins_and_failed_sign_ins_are_audited(provider, alice):
 
 
 def test_every_request_gets_one_access_line_naming_the_route_not_the_path(tmp_path):
-    """The access log (written by a thread of its own) has a line per request, the fast poll
+    """The access log (written by a thread of its own) has a line per request, the event
     path's included, with the route pattern: the path of a QR image holds its scan code."""
     server = Provider(tmp_path)
     server.start()

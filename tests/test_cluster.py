@@ -66,7 +66,7 @@ def test_concurrent_polls_across_instances_give_exactly_one_token_response(clust
             with lock:
                 results.append(response)
 
-        # both instances, and on each both paths (forms: fast; JSON: Flask's)
+        # both instances, and on each both body shapes (forms and JSON)
         threads = [threading.Thread(target=poll, args=(a if i % 2 else b, i % 4 >= 2))
                    for i in range(24)]
         for thread in threads:
@@ -180,8 +180,9 @@ def test_a_flow_survives_the_instance_it_started_on_being_killed(tmp_path_factor
 
 
 def test_500_open_long_polls_starve_neither_token_polls_nor_discovery(cluster):
+    """Four long polls on each of 125 tickets (four is what one ticket may hold at once)."""
     a, web, phone = cluster["a"], cluster["web"], cluster["phone"]
-    tickets = [a.ticket(web) for _ in range(5)]
+    tickets = [a.ticket(web) for _ in range(125)]
     finished = []
     lock = threading.Lock()
     session_local = threading.local()
@@ -194,7 +195,7 @@ def test_500_open_long_polls_starve_neither_token_polls_nor_discovery(cluster):
         with lock:
             finished.append(response.json()["status"])
 
-    threads = [threading.Thread(target=long_poll, args=(tickets[i % 5],)) for i in range(500)]
+    threads = [threading.Thread(target=long_poll, args=(tickets[i % 125],)) for i in range(500)]
     for thread in threads:
         thread.start()
     # wait until the server holds them (each answers only when its ticket changes)

@@ -103,7 +103,7 @@ def test_qr_login_end_to_end(provider, web_client, alice, alice_phone):
 
 
 def test_exactly_one_of_many_concurrent_polls_gets_tokens(provider, web_client, alice_phone):
-    """Half the polls are forms (the fast path), half JSON (Flask's): the two race each other."""
+    """Half the polls are forms, half JSON: the two race each other."""
     for _round in range(3):
         ticket = approved_ticket(provider, web_client, alice_phone)
         barrier = threading.Barrier(16)

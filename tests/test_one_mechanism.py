@@ -1,8 +1,8 @@
 """One mechanism per concern (issue 14): CSRF checked for every HTML form post in one place,
 client authentication by one function that honours the client's registered method on every
-path (the fast poll path and Authlib's), a client's changed secret or settings seen by every
-process within a second, and security headers from one place (also on answers made before
-Flask). Real servers, SQLite and PostgreSQL."""
+path (the event path and Authlib's), a client's changed secret or settings seen by every
+process within a second, and security headers from one place (also on the event path's
+answers). Real servers, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def token_poll(provider, ticket, auth=None, as_json=False, **body):
     return requests.post(provider.url + "/token", auth=auth, timeout=30, **extra)
 
 
-@pytest.mark.parametrize("as_json", [False, True], ids=["fast path", "full path"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["form", "json"])
 def test_a_client_authenticates_only_with_its_registered_method(provider, web_client,
                                                                 post_client, as_json):
     basic_ticket = provider.ticket(web_client)["ticket"]
@@ -111,7 +111,7 @@ def test_a_client_authenticates_only_with_its_registered_method(provider, web_cl
         assert answer.status_code == 401 and answer.json() == FAILED
 
 
-@pytest.mark.parametrize("as_json", [False, True], ids=["fast path", "full path"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["form", "json"])
 def test_two_authentication_methods_in_one_request_are_refused(provider, web_client, as_json):
     ticket = provider.ticket(web_client)["ticket"]
     both = token_poll(provider, ticket, (web_client["client_id"], web_client["client_secret"]),
@@ -150,7 +150,7 @@ def test_a_changed_secret_is_seen_by_every_process_within_a_second(two_workers):
     client = server.create_client("--name", "Rotating shop")
     old = (client["client_id"], client["client_secret"])
     tickets = [server.ticket(client)["ticket"] for _ in range(6)]
-    # every process has the old secret in its cache now (six form polls: the fast path)
+    # every process has the old secret in its cache now (six polls: the event path's cache)
     assert all(token_poll(server, t, old).json()["error"] == "authorization_pending"
                for t in tickets)
     updated = server.cli("clients", "update", client["client_id"], "--new-secret", "--json")
@@ -177,11 +177,11 @@ SECURITY = ("X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options",
             "Content-Security-Policy")
 
 
-def test_answers_made_before_flask_carry_the_same_security_headers(provider, web_client):
+def test_the_event_paths_answers_carry_the_same_security_headers(provider, web_client):
     ticket = provider.ticket(web_client)["ticket"]
-    fast = token_poll(provider, ticket, (web_client["client_id"], web_client["client_secret"]))
+    event = token_poll(provider, ticket, (web_client["client_id"], web_client["client_secret"]))
     flask_json = requests.get(provider.url + "/jwks.json", timeout=30)
     too_big = requests.post(provider.url + "/token", data={"x": "y" * 70_000}, timeout=30)
     assert too_big.status_code == 413
     for header in SECURITY:
-        assert fast.headers[header] == flask_json.headers[header] == too_big.headers[header]
+        assert event.headers[header] == flask_json.headers[header] == too_big.headers[header]
