@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import random
 import secrets
+import threading
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -84,12 +86,22 @@ def binding_choices(correct: str, seed: str) -> list[str]:
     return ordered
 
 
+# A password hash (scrypt) takes a core for a sixth of a second and releases the GIL: forty at
+# once would take every core for seconds, and a request that holds a database connection for a
+# millisecond's work would wait its turn for a core meanwhile, so long that others time out
+# waiting for its connection. At most one hash per core runs at once; the rest queue here, where
+# they hold nothing.
+_HASHING = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+
+
 def hash_password(password: str) -> str:
-    return generate_password_hash(password, method="scrypt")
+    with _HASHING:
+        return generate_password_hash(password, method="scrypt")
 
 
 def check_password(password_hash: str, password: str) -> bool:
-    return check_password_hash(password_hash, password)
+    with _HASHING:
+        return check_password_hash(password_hash, password)
 
 
 def constant_equals(a: str | None, b: str | None) -> bool:
