@@ -32,7 +32,10 @@ DEFAULTS: dict[str, object] = {
     "POLL_INTERVAL": 2,  # seconds between token polls, RFC 8628 §3.2 "interval"
     "MAX_POLL_INTERVAL": 60,  # slow_down never grows the interval past this
     "LONG_POLL_MAX": 25,  # longest wait the status endpoint holds a request
-    "LONG_POLL_RECHECK": 10,  # a waiting long poll re-reads the database at least this often
+    # a waiting long poll re-reads the database at least this often (notices wake it anyway; the
+    # default is past LONG_POLL_MAX: 10,000 held long polls re-reading every 10 s would be 1,000
+    # reads a second for nothing)
+    "LONG_POLL_RECHECK": 30,
     "LONG_POLLS_PER_TICKET": 4,  # long polls held at once per ticket; more answer at once
     "LONG_POLL_LIMIT": 20000,  # long polls held at once per process; more answer at once
     "EXPIRED_RETENTION": 900,  # expired tickets answer "expired" this long before purge

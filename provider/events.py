@@ -10,7 +10,8 @@ the Flask app in the same process (a2wsgi, in a pool of ``THREADS`` threads):
   a thread: one process holds tens of thousands. At most ``LONG_POLLS_PER_TICKET`` (4) are held
   per ticket and ``LONG_POLL_LIMIT`` per process; one more is answered at once with the current
   status (for a ticket already watched, from what its watchers last read, without touching the
-  database), so a flood on one ticket costs the server a parse and an answer per request;
+  database), at most one a second per address (``_pace``), so a flood on one ticket gets little
+  and costs the server little;
 - ``POST /token`` with the QR ticket or the device code grant: the token core decides
   (grants/token_core.py; the Authlib grant Flask would call asks the same core);
 - ``POST /qr/scan``, ``/qr/approve``, ``/qr/deny``: the phone's side (provider/actions.py).
@@ -26,6 +27,7 @@ and anything else go to Flask, body and all. Each answer's access log line ends 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import threading
@@ -33,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from a2wsgi import WSGIMiddleware
+from a2wsgi.wsgi import build_environ
 from authlib.oauth2 import OAuth2Error
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -55,33 +57,27 @@ TOKEN_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"
                  "Pragma": "no-cache"}
 
 
-class Buffered:
-    """WSGI middleware: the Flask app's answer is made whole (and its request's teardown has
-    given its database connection back) before it goes to the server.
+def call_wsgi(app, environ) -> tuple[int, list, bytes]:
+    """Run a WSGI app to the end in this thread: (status, headers, body).
 
-    a2wsgi hands ``start_response`` and every chunk to the event loop and waits for it; called
-    from inside Flask, a busy loop would keep the request's connection checked out meanwhile
-    (with a small pool, other requests then time out waiting for one). Every answer Flask makes
-    here is small and whole (pages, JSON, QR images), so nothing is lost by buffering it."""
+    The answer is made whole, and the request's teardown has given its database connection
+    back, before anything goes to the event loop: every answer Flask makes here is small and
+    whole (pages, JSON, QR images). (a2wsgi's own bridge hands ``start_response`` and each chunk
+    to the loop and waits for it each time: on a busy loop a request then keeps its connection
+    for several loop turns, and answers a turn later for each.)"""
+    started: list = []
+    body: list[bytes] = []
 
-    def __init__(self, app):
-        self.app = app
+    def start_response(status, headers, exc_info=None):
+        started[:] = [status, headers]
+        return body.append
 
-    def __call__(self, environ, start_response):
-        started: list = []
-        body: list[bytes] = []
-
-        def capture(status, headers, exc_info=None):
-            started[:] = [status, headers, exc_info]
-            return body.append
-
-        iterable = self.app(environ, capture)
-        try:
-            body.extend(iterable)
-        finally:
-            getattr(iterable, "close", lambda: None)()
-        start_response(*started)
-        return body
+    iterable = app(environ, start_response)
+    try:
+        body.extend(iterable)
+    finally:
+        getattr(iterable, "close", lambda: None)()
+    return int(started[0].split(" ", 1)[0]), started[1], b"".join(body)
 
 
 @dataclass(frozen=True)
@@ -162,9 +158,13 @@ class EventApp:
     def __init__(self, flask_app, parts):
         settings = parts.settings
         self.flask_app, self.parts = flask_app, parts
-        self.wsgi = WSGIMiddleware(Buffered(flask_app), workers=max(1, int(settings["THREADS"])))
+        self.flask_threads = max(1, int(settings["THREADS"]))
         self.db_threads = max(1, int(settings["DB_FAST_POOL_SIZE"]))
+        # three pools, so that no kind of work queues behind another: Flask's requests, the
+        # token polls and the phone's actions, and the long polls' reads
+        self.flask_pool: ThreadPoolExecutor | None = None
         self.executor: ThreadPoolExecutor | None = None
+        self.status_pool: ThreadPoolExecutor | None = None
         self.clients = ClientCache(parts.tickets)
         self.secure = settings["ISSUER"].startswith("https://")
         self.json_headers = [(k.encode(), v.encode())
@@ -173,6 +173,7 @@ class EventApp:
         self.per_ticket = int(settings["LONG_POLLS_PER_TICKET"])
         self.limit = int(settings["LONG_POLL_LIMIT"])
         self.watches: dict[str, Watch] = {}
+        self._paced: dict[str, float] = {}  # address -> when its last unheld answer is due
         self.held = 0
         self.stopping = False
         hops = int(settings["TRUSTED_PROXIES"])
@@ -191,16 +192,16 @@ class EventApp:
             return None
         path, method = scope["path"], scope["method"]
         hot = method == "POST" and (path in ("/token", "/qr/status") or path in MOBILE)
-        if not hot:
-            return await self.wsgi(scope, receive, send)
         body = await self._read_body(scope, receive, send)
         if body is None:  # too large: answered
             return None
+        if not hot:
+            return await self._to_flask(scope, send, body)
         request = Request(scope, body, self._client_ip(scope))
         if path == "/token":
             grant_type = self._ticket_grant(request)
             if grant_type is None:
-                return await self._to_flask(scope, receive, send, body)
+                return await self._to_flask(scope, send, body)
             answer = await self._token(request, grant_type)
         elif path == "/qr/status":
             answer = await self._status(request, receive)
@@ -234,7 +235,10 @@ class EventApp:
         from .notify import SqliteWatcher, pg_listen
 
         loop = asyncio.get_running_loop()
+        self.flask_pool = ThreadPoolExecutor(self.flask_threads, thread_name_prefix="qr-oidc-web")
         self.executor = ThreadPoolExecutor(self.db_threads, thread_name_prefix="qr-oidc-db")
+        self.status_pool = ThreadPoolExecutor(max(1, self.db_threads // 2),
+                                              thread_name_prefix="qr-oidc-status")
         parts = self.parts
         parts.notifier.bind(loop)
         if parts.db.engine.dialect.name == "postgresql":
@@ -248,8 +252,9 @@ class EventApp:
     def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self.executor is not None:
-            self.executor.shutdown(wait=False)
+        for pool in (self.flask_pool, self.executor, self.status_pool):
+            if pool is not None:
+                pool.shutdown(wait=False)
 
     def shutting_down(self) -> None:
         """The server stops: every held long poll answers now with what it knows."""
@@ -303,22 +308,23 @@ class EventApp:
                 environ["HTTP_X_FORWARDED_PROTO"] = value.decode("latin-1")
         return self._proxy(environ, None).get("REMOTE_ADDR")
 
-    async def _to_flask(self, scope, receive, send, body: bytes):
-        """Hand a request whose body was read to Flask, with its body."""
-        delivered = False
+    async def _to_flask(self, scope, send, body: bytes) -> None:
+        """Hand a request, with its body, to Flask in a thread of ``flask_pool``, and send the
+        whole answer: one turn of the loop each way."""
+        environ = build_environ(scope, io.BytesIO(body))
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)  # (read whole already: MAX_BODY holds)
+        loop = asyncio.get_running_loop()
+        status, headers, payload = await loop.run_in_executor(
+            self.flask_pool, call_wsgi, self.flask_app, environ)
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": payload})
 
-        async def replay():
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.wsgi(scope, replay, send)
-
-    async def _db(self, request: Request, function, *args):
-        """Run ``function`` in a database thread with this request's peer for the audit log;
-        the thread's session is ended afterwards. Failures become answers."""
+    async def _db(self, request: Request, function, *args, pool=None):
+        """Run ``function`` in a database thread (of ``pool``, else the token polls' and the
+        phone's) with this request's peer for the audit log; the thread's session is ended
+        afterwards. Failures become answers."""
         loop = asyncio.get_running_loop()
         session = self.parts.db.session
 
@@ -331,7 +337,7 @@ class EventApp:
                 session.remove()
 
         try:
-            return await loop.run_in_executor(self.executor, work)
+            return await loop.run_in_executor(pool or self.executor, work)
         except OAuth2Error as exc:
             return actions.oauth_refusal(exc)
         except PoolTimeout:
@@ -418,14 +424,37 @@ class EventApp:
         watch = self.watches.get(key)
         if watch is not None and watch.count >= self.per_ticket:
             # this ticket has its share of long polls: the current status, from what they read
+            await self._pace(request, asked.wait)
             return actions.status_answer(watch.state)
-        state = await self._db(request, actions.read_status, self.parts, asked.ticket)
+        state = await self._db(request, actions.read_status, self.parts, asked.ticket,
+                               pool=self.status_pool)
         if isinstance(state, actions.Answer):  # the database failed
             return state
-        if (state is None or asked.wait <= 0 or self.held >= self.limit or self.stopping
-                or self.per_ticket <= 0):
+        if state is None or asked.wait <= 0 or self.stopping:
+            return actions.status_answer(state)
+        if self.held >= self.limit or self.per_ticket <= 0:  # the process holds its ceiling
+            await self._pace(request, asked.wait)
             return actions.status_answer(state)
         return await self._hold(request, receive, key, asked, state)
+
+    async def _pace(self, request: Request, wait: float) -> None:
+        """A long poll the server will not hold (its ticket has its share, or the process its
+        ceiling) is answered at once, unless another from the same address was answered so
+        within the last second: then it waits its turn, one a second per address, for at most
+        its own ``wait``. A page never needs more than one long poll per ticket (and the widget
+        waits a second before asking again), so this touches only a flood: whatever it does,
+        reconnecting included, it gets one such answer a second per address, and what waits
+        meanwhile is a sleeping coroutine, as cheap as a held long poll."""
+        address = request.ip or ""
+        now = time.monotonic()
+        paced = self._paced
+        if len(paced) > 100_000:  # forget addresses that have been quiet
+            for old in [a for a, at in paced.items() if at < now - 2]:
+                del paced[old]
+        due = min(max(now, paced.get(address, 0.0) + 1.0), now + max(0.0, wait))
+        paced[address] = max(due, paced.get(address, 0.0))
+        if due > now:
+            await asyncio.sleep(due - now)
 
     async def _hold(self, request: Request, receive, key: str, asked, state) -> actions.Answer:
         notifier = self.parts.notifier
@@ -433,6 +462,7 @@ class EventApp:
         if watch is None:
             watch = self.watches[key] = Watch(state)
         if watch.count >= self.per_ticket:  # others came in while this one read
+            await self._pace(request, asked.wait)
             return actions.status_answer(watch.state)
         watch.count += 1
         self.held += 1
@@ -453,7 +483,8 @@ class EventApp:
                 await notifier.wait(state.id, seen, remaining, also=left)
                 if left.done():  # the client left: nobody reads this
                     return actions.status_answer(state)
-                fresh = await self._db(request, actions.read_status, self.parts, asked.ticket)
+                fresh = await self._db(request, actions.read_status, self.parts, asked.ticket,
+                                       pool=self.status_pool)
                 if isinstance(fresh, actions.Answer):
                     return fresh
                 if fresh is None:  # purged meanwhile

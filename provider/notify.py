@@ -10,7 +10,7 @@ many long polls wait), so the workers of ``--workers N`` wake each other too.
 
 The waiters are coroutines on the server's event loop (provider/events.py): a waiting page costs
 a future, not a thread. They also re-read the database at least every ``recheck`` seconds
-(``QR_OIDC_LONG_POLL_RECHECK``, 10), as a safety net, and all of them re-read at once after the
+(``QR_OIDC_LONG_POLL_RECHECK``; by default only when their wait ends), as a safety net, and all of them re-read at once after the
 LISTEN connection was lost and made again.
 """
 
@@ -57,7 +57,7 @@ class LocalNotifier:
     SQLite watcher, Flask's threads); ``wait`` is awaited on the event loop the notifier is
     bound to (``bind``, at the server's start). A waiter costs a future, not a thread."""
 
-    def __init__(self, recheck: float = 10.0):
+    def __init__(self, recheck: float = 30.0):
         self.recheck = recheck
         self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
