@@ -1,12 +1,14 @@
-"""The framework's ceiling: a bare Flask app whose POST /token only returns the token endpoint's
-``authorization_pending`` answer (the same body, status and headers), served by the very gunicorn
-configuration ``qr-oidc serve`` uses (``provider.server.run``, same options, same workers and
-threads), minus the provider's per-worker start-up hook, which needs the provider's parts.
+"""A framework's no-op: a bare Flask app whose POST /token only returns the token endpoint's
+``authorization_pending`` answer (the same body, status and headers), served by gunicorn's gthread
+worker with the options ``qr-oidc serve`` used up to issue 15 (``WORKERS`` processes of
+``THREADS`` threads). It no longer follows the provider's server (``provider.server``), which
+issue 15 changes: it is a fixed, informational yardstick for bench.cpu and bench.ab. The
+benchmark's targets are ratios to node-oidc-provider and to the signing ceiling (bench/README.md).
 
     python -m bench.bare --port P --workers W --threads T --body-file F
 
-``F`` holds the JSON body the real endpoint answered (bench/__main__.py captures it before the
-first request to this server).
+``F`` holds the JSON body to answer (bench.cpu and bench.ab write the one the real endpoint
+answers).
 """
 
 from __future__ import annotations
@@ -44,12 +46,28 @@ def main(argv=None) -> None:
     parser.add_argument("--body-file", required=True)
     args = parser.parse_args(argv)
 
-    from provider import server
-
-    # the provider's post_fork opens its database listener and maintenance thread: not ours
-    server._post_fork = lambda _server, _worker: None
     app = make_app(Path(args.body_file))
-    server.run(app, "127.0.0.1", args.port, args.workers, args.threads, args.long_poll_max)
+    _gunicorn(app, "127.0.0.1", args.port, args.workers, args.threads, args.long_poll_max)
+
+
+def _gunicorn(app, host: str, port: int, workers: int, threads: int, long_poll_max: int):
+    """gunicorn's gthread worker as ``qr-oidc serve`` ran it up to issue 15."""
+    from gunicorn.app.base import BaseApplication
+
+    class Bare(BaseApplication):
+        def load_config(self):
+            for key, value in {
+                "bind": f"{host}:{port}", "workers": max(1, workers), "threads": max(1, threads),
+                "worker_connections": max(1, threads) + 100, "worker_class": "gthread",
+                "timeout": long_poll_max + 30, "graceful_timeout": 5, "keepalive": 5,
+                "accesslog": None, "errorlog": "-", "loglevel": "warning",
+            }.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return app
+
+    Bare().run()
 
 
 if __name__ == "__main__":

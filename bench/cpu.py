@@ -33,6 +33,9 @@ from . import data, load, servers, signing
 
 TICK = os.sysconf("SC_CLK_TCK")
 
+# the body the token endpoint answers a pending poll (RFC 8628 §3.5), for the bare endpoint
+PENDING = {"error": "authorization_pending", "error_description": "The user has not approved yet."}
+
 
 def _cpu(pids) -> float:
     """CPU seconds (user + system) the processes have used so far; gone ones count 0."""
@@ -154,7 +157,7 @@ def in_process(url: str, env: dict, issue_tickets: list[dict], poll_tickets: lis
     finally:
         parts = app.extensions["qr_oidc"]
         parts.db.engine.dispose()
-        if parts.db._autocommit is not None:
+        if getattr(parts.db, "_autocommit", None) is not None:
             parts.db._autocommit.dispose()
 
 
@@ -183,8 +186,6 @@ def run_db(db: str, a) -> dict:
     data.write_tickets(poll_file, data.insert_tickets(engine, client_id, 1000, "pending"))
     data.write_tickets(issue_file, data.insert_tickets(
         engine, client_id, (500 if a.quick else 3000) * a.seconds, "approved", user))
-    from provider.fastpoll import PENDING  # the body the real endpoint answers
-
     body = folder / "body.json"
     body.write_text(json.dumps(PENDING))
     server = servers.Server("cpu", [servers.QR_OIDC, "serve"], env, folder, port,

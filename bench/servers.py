@@ -3,6 +3,11 @@
 Every server runs in its own process group; ``stop_all`` (also run at exit and on SIGTERM/SIGINT)
 stops each one by its own id, and every scratch database (an SQLite folder, a PostgreSQL database
 named ``qr_oidc_bench_<hex>``) is removed.
+
+Pinning: on a machine with two cores or more and ``taskset``, every server runs on core 0
+(``SERVER_CORE``) and every load generator (wrk, the long-poll client) on core 1 (``LOAD_CORE``),
+so that a server never shares its core with the load it answers; ``set_pinning(False)`` turns it
+off (``--no-pin``). PostgreSQL is the machine's own service and is not pinned.
 """
 
 from __future__ import annotations
@@ -28,6 +33,43 @@ ROOT = Path(__file__).resolve().parent.parent
 _servers: list[Server] = []
 _cleanups: list = []
 
+SERVER_CORE, LOAD_CORE = 0, 1
+_pinning = {"on": bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2}
+
+
+def set_pinning(on: bool) -> None:
+    _pinning["on"] = bool(on) and bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2
+
+
+def pinning() -> bool:
+    return _pinning["on"]
+
+
+def pinned(argv: list[str], core: int) -> list[str]:
+    """``argv`` run on ``core`` alone (``taskset -c``, which execs: the pid stays the command's)
+    when pinning is on; ``argv`` itself otherwise."""
+    if not _pinning["on"]:
+        return list(argv)
+    return [shutil.which("taskset") or "taskset", "-c", str(core), *argv]
+
+
+class pinned_here:
+    """``with pinned_here(core):`` runs the calling thread on ``core`` (when pinning is on)."""
+
+    def __init__(self, core: int):
+        self.core = core
+        self.saved = None
+
+    def __enter__(self):
+        if _pinning["on"]:
+            self.saved = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {self.core})
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            os.sched_setaffinity(0, self.saved)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -36,11 +78,13 @@ def free_port() -> int:
 
 
 class Server:
-    """One gunicorn master (``qr-oidc serve`` or ``bench.bare``) and its workers."""
+    """One server process (``qr-oidc serve``, ``bench.bare``, node-oidc-provider) and its
+    children, pinned to ``SERVER_CORE`` (see ``pinned``)."""
 
     def __init__(self, name: str, argv: list[str], env: dict, folder: Path, port: int,
-                 ready_path: str):
-        self.name, self.argv, self.env, self.port = name, argv, env, port
+                 ready_path: str, ready_port: int | None = None):
+        self.name, self.argv, self.env, self.port = name, pinned(argv, SERVER_CORE), env, port
+        self.ready_url = f"http://127.0.0.1:{ready_port or port}{ready_path}"
         self.url = f"http://127.0.0.1:{port}"
         self.ready_path = ready_path
         self.log_path = folder / f"{name}.log"
@@ -60,7 +104,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
             try:
-                if requests.get(self.url + self.ready_path, timeout=2).ok and self.workers():
+                if requests.get(self.ready_url, timeout=2).ok and self.workers():
                     return
             except requests.RequestException:
                 pass
@@ -68,10 +112,41 @@ class Server:
         raise RuntimeError(f"{self.name} did not answer in {timeout:.0f} s:\n{self.log()}")
 
     def workers(self) -> list[int]:
-        """The gunicorn worker processes: the master's children."""
-        if self.proc is None:
+        """The processes that answer requests: the master's children (gunicorn, or any server
+        with a supervisor), else the server's one process."""
+        if self.proc is None or self.proc.poll() is not None:
             return []
-        return children(self.proc.pid)
+        return children(self.proc.pid) or [self.proc.pid]
+
+    def tree(self) -> list[int]:
+        """The server's process and all its descendants."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
+    def tree_rss_mib(self) -> float:
+        """Resident memory of the whole process tree, MiB (the sum of every process's RSS)."""
+        total = 0.0
+        for pid in self.tree():
+            try:
+                total += memory(pid).get("rss_mib", 0.0)
+            except OSError:
+                pass
+        return total
+
+    def tree_cpu_seconds(self) -> float:
+        """CPU time (user + system) the process tree has used so far, seconds."""
+        total = 0
+        for pid in self.tree():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def log(self) -> str:
         try:
@@ -82,7 +157,7 @@ class Server:
     def stop(self) -> None:
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            workers = self.workers()
+            workers = descendants(proc.pid)
             proc.terminate()  # gunicorn's master stops its workers on SIGTERM
             try:
                 proc.wait(15)
@@ -130,6 +205,15 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        for child in children(todo.pop()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def memory(pid: int) -> dict:
     """Resident memory of one process, MiB: RSS (from /proc/PID/status) and PSS (shared pages
     split among the processes sharing them, from /proc/PID/smaps_rollup)."""
@@ -159,6 +243,11 @@ def stop_all() -> None:
             print(f"bench: cleanup failed: {exc}", file=sys.stderr)
 
 
+def register_cleanup(fn) -> None:
+    """``fn()`` runs in ``stop_all`` (before the scratch folders go)."""
+    _cleanups.append(fn)
+
+
 def _on_signal(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -166,6 +255,23 @@ def _on_signal(signum, _frame):
 def install_cleanup() -> None:
     atexit.register(stop_all)
     signal.signal(signal.SIGTERM, _on_signal)
+
+
+def raise_open_files() -> int:
+    """Raise this process's soft limit of open files to its hard limit (servers started later
+    inherit it: 10^4 held long polls are 10^4 sockets on each side); returns the new limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 # -- databases -----------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
--- wrk script for the token endpoint: POST /token with the QR ticket grant, cycling through the
--- tickets listed in a file, one per line. Arguments after `--`:
+-- wrk script for the token endpoint: POST /token with a polling grant (qr-oidc's QR ticket grant,
+-- or RFC 8628's device_code grant for node-oidc-provider), cycling through the tickets (device
+-- codes) listed in a file, one per line. Arguments after `--`:
 --   1: tickets file   2: value of the Authorization header   3: "cycle" or "once"
 --   4: number of wrk threads   5: where in the list to start (so that one run goes on where the
 --   last one stopped, and no ticket is polled twice within its interval across runs)
+--   6: grant_type (default: the QR ticket grant)   7: the parameter carrying the ticket (default
+--   "ticket"; "device_code" for the device grant)
 -- "cycle" goes round the list again and again (pending polls: each ticket is polled once every
 -- len(list) requests); "once" uses every ticket at most once (token issuance: an approved ticket
 -- is redeemed once; requests past the end of the list are counted as "exhausted").
@@ -17,7 +20,8 @@ end
 
 function init(args)
   local file, auth, mode = args[1], args[2], args[3]
-  local grant = "urn:qr-oidc:params:oauth:grant-type:qr-ticket"
+  local grant = args[6] or "urn:qr-oidc:params:oauth:grant-type:qr-ticket"
+  local param = args[7] or "ticket"
   local headers = {
     ["Content-Type"] = "application/x-www-form-urlencoded",
     ["Authorization"] = auth,
@@ -32,13 +36,13 @@ function init(args)
   for i = 1, #all do
     if (i - 1) % nthreads == id then
       reqs[#reqs + 1] = wrk.format("POST", "/token", headers,
-                                   "grant_type=" .. grant .. "&ticket=" .. all[i])
+                                   "grant_type=" .. grant .. "&" .. param .. "=" .. all[i])
     end
   end
   once = (mode == "once")
   index = math.floor(tonumber(args[5] or "0") / nthreads) % math.max(#reqs, 1)
   exhausted, ok, pending, slow, other = 0, 0, 0, 0, 0
-  bare_request = wrk.format("POST", "/token", headers, "grant_type=" .. grant .. "&ticket=x")
+  bare_request = wrk.format("POST", "/token", headers, "grant_type=" .. grant .. "&" .. param .. "=x")
 end
 
 function request()
