@@ -1,5 +1,5 @@
-"""Where the time of a pending poll and of a token issuance goes: py-spy on the gunicorn worker
-while wrk runs the benchmark's workload.
+"""Where the time of a pending poll and of a token issuance goes: py-spy on the server's worker
+(its event loop and database threads) while wrk runs the benchmark's workload.
 
     python -m bench.profile [--db sqlite|postgresql] [--workload poll|issue|both] [--seconds N]
                             [--raw-dir DIR]
@@ -8,7 +8,7 @@ Needs ``py-spy`` (``.venv/bin/pip install py-spy``; not a dependency of qr-oidc)
 samples the worker with ``--gil`` (only the thread holding the GIL: with one worker the GIL is
 what every request queues for, so this is the serial cost per request) and without it (every
 thread that is not idle, so also time in C with the GIL released: SQLite, libpq, OpenSSL, socket
-I/O). It prints, for each, the inclusive share of samples of the parts of a request named in
+I/O). The buckets name the event path's parts (provider/events.py, grants/token_core.py). It prints, for each, the inclusive share of samples of the parts of a request named in
 BUCKETS, and the functions with the most samples of their own.
 """
 
@@ -28,23 +28,21 @@ from . import data, load, servers
 # Buckets of a request, first match wins (so they add up to 100%): name -> regular expression on
 # the whole stack, frames "function (path:line)" joined by ";", outermost first.
 BUCKETS = [
-    ("outside Flask: gunicorn accept, HTTP parse, response write, keep-alive poll",
-     r"^(?!.*Flask\.wsgi_app )"),
     ("logging: access log line, audit log", r"logging/__init__\.py"),
-    ("client authentication (client row SELECT)", r"authenticate_token_endpoint_client "),
-    ("ticket SELECT by hash (Tickets.by_ticket)", r"Tickets\.by_ticket "),
-    ("note_poll: conditional UPDATE + COMMIT", r"Tickets\.note_poll "),
-    ("access token JWT (Server._generate_token)", r"Server\._generate_token "),
-    ("ID token (encode_id_token)", r"encode_id_token "),
-    ("redeem: conditional UPDATE", r"Tickets\.redeem "),
-    ("User SELECT", r"validate_token_request [^;]*;scoped_session\.get "),
-    ("save_token: Token row", r"_save_token_impl "),
-    ("token view: COMMIT (ticket + token row)", r"token \(provider/http\.py[^;]*;scoped_session\.commit "),
-    ("token view: ROLLBACK (pending poll)", r"token \(provider/http\.py[^;]*;scoped_session\.rollback "),
-    ("error response (Authlib handle_error_response)", r"handle_error_response "),
-    ("request body parse", r"create_oauth2_request |body_params "),
-    ("teardown: session.remove()", r"_end_session "),
-    ("rest of Flask / Werkzeug / Authlib", r"."),
+    ("access token JWT (new_access_token)", r"new_access_token "),
+    ("ID token (id_token)", r"id_token \(grants/openid"),
+    ("redeem + token row (Tickets.redeem_with_token)", r"redeem_with_token "),
+    ("on-time poll UPDATE (Tickets.record_poll)", r"record_poll "),
+    ("ticket SELECT (Tickets.load_for_poll)", r"load_for_poll "),
+    ("slow_down UPDATE", r"Tickets\.slow_down "),
+    ("client authentication (clientauth, cached row)", r"clientauth\.py"),
+    ("rest of the token core (TokenCore.poll)", r"TokenCore\.poll "),
+    ("database thread hand-off (concurrent.futures, threading)",
+     r"concurrent/futures|threading\.py"),
+    ("body parse (provider/body.py)", r"body\.py"),
+    ("answer: headers, JSON, errors (EventApp._send)", r"EventApp\._send "),
+    ("rest of the event app (EventApp)", r"EventApp\."),
+    ("outside the app: uvicorn, httptools, uvloop (accept, parse, write)", r"."),
 ]
 
 # Inclusive shares across buckets.

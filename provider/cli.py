@@ -59,6 +59,7 @@ def _configure_logging(level: str) -> None:
     # Authlib logs whole token dicts at debug level: never let it.
     logging.getLogger("authlib").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start and stop lines
     # the audit log: bare JSON lines, ready to ship
     audit = logging.getLogger("qr_oidc.audit")
     handler = logging.StreamHandler(sys.stderr)

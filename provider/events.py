@@ -483,8 +483,9 @@ class EventApp:
                 await notifier.wait(state.id, seen, remaining, also=left)
                 if left.done():  # the client left: nobody reads this
                     return actions.status_answer(state)
-                fresh = await self._db(request, actions.read_status, self.parts, asked.ticket,
-                                       pool=self.status_pool)
+                # (a woken long poll reads in the token work's pool: it must not queue behind
+                # the new long polls' first reads, which a wave of renewals fills)
+                fresh = await self._db(request, actions.read_status, self.parts, asked.ticket)
                 if isinstance(fresh, actions.Answer):
                     return fresh
                 if fresh is None:  # purged meanwhile

@@ -1,6 +1,7 @@
 """The production server: uvicorn's event loop (uvloop, httptools) in gunicorn's processes.
 
-Each worker process runs one event loop serving provider/events.py's ASGI app: the hot paths
+Each worker process (one by default: then the server is that one process, with no gunicorn
+master) runs one event loop serving provider/events.py's ASGI app: the hot paths
 (status long polls, the ticket grants' token polls and issuance, the phone's scan, approve and
 deny) are coroutines on the loop, their database work in a few threads; everything else is the
 Flask app, in a pool of ``THREADS`` threads behind a2wsgi. A waiting page costs a coroutine, not
@@ -14,10 +15,12 @@ servers and bridges this was chosen from.
 
 from __future__ import annotations
 
+import gc
 import resource
 import sys
 
 from gunicorn.app.base import BaseApplication
+from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
@@ -34,6 +37,12 @@ def _raise_open_files() -> None:
 
 class _Server(Server):
     """uvicorn's server, telling the app when it starts to stop (held long polls answer)."""
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets=sockets)
+        # what the app built at start lives as long as the process: keep the collector off it,
+        # so that a full collection with ten thousand long polls held walks only theirs
+        gc.freeze()
 
     def handle_exit(self, sig, frame):
         app = _APP[1] if len(_APP) > 1 else None
@@ -94,10 +103,19 @@ def asgi_app(app):
 
 
 def run(app, host: str, port: int, workers: int, threads: int, long_poll_max: int) -> None:
-    """Serve ``app`` (its settings give ``threads``, the Flask side's thread pool)."""
+    """Serve ``app`` (its settings give ``threads``, the Flask side's thread pool).
+
+    One worker is one process: uvicorn's server in this process, with no supervisor (a gunicorn
+    master would hold a second copy of the app, about 100 MB, for nothing but restarts; run it
+    under systemd or a container runtime that restarts it). Several are gunicorn's workers."""
     _raise_open_files()
     served = asgi_app(app)
     _APP[:] = [app, served]
+    if max(1, workers) == 1:
+        config = Config(served, host=host, port=port, timeout_keep_alive=5, log_config=None,
+                        **Worker.CONFIG_KWARGS)
+        _Server(config).run()
+        return
     options = {
         "bind": f"{host}:{port}",
         "workers": max(1, workers),
