@@ -19,7 +19,7 @@ from authlib.oauth2 import OAuth2Error
 
 from grants.tickets import TicketError
 
-from .models import Client, User
+from .models import Client
 from .oauth import BearerError, authenticate_bearer
 from .ratelimit import TooManyRequests
 from .security import digest, normalize_user_code
@@ -109,20 +109,17 @@ class TicketState:
 
 def read_status(parts, secret: str) -> TicketState | None:
     """The ticket whose poll secret is ``secret``, as the status endpoint shows it; None for
-    none. Ends its read transaction: nothing is held afterwards."""
-    session = parts.db.session
-    try:
-        row = parts.tickets.by_ticket(secret)
-        if row is None:
-            return None
-        user = None
-        if row.user_id is not None:
-            person = session.get(User, row.user_id)
-            if person is not None:
-                user = {"name": person.name or person.username, "picture": person.picture}
-        return TicketState(row.id, row.ticket_hash, row.status, row.expires_at, user)
-    finally:
-        session.rollback()
+    none. One statement (``Tickets.status_row``): nothing is held afterwards."""
+    if not isinstance(secret, str) or not secret or len(secret) > 200:
+        return None
+    key = digest(secret)
+    row = parts.tickets.status_row(key)
+    if row is None:
+        return None
+    user = None
+    if row["user_id"] is not None and row["username"] is not None:
+        user = {"name": row["name"] or row["username"], "picture": row["picture"]}
+    return TicketState(row["id"], key, row["status"], row["expires_at"], user)
 
 
 def status_answer(state: TicketState | None, at: float | None = None) -> Answer:
