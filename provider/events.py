@@ -131,10 +131,11 @@ class Watch:
 
 
 class Request:
-    __slots__ = ("scope", "path", "headers", "body", "started", "ip", "agent")
+    __slots__ = ("scope", "path", "headers", "body", "started", "ip", "agent", "_params")
 
     def __init__(self, scope, body: bytes, ip: str | None):
         self.scope, self.path, self.body, self.ip = scope, scope["path"], body, ip
+        self._params = None
         self.headers = {}
         for name, value in scope["headers"]:
             # a repeated header is one value joined by commas, as WSGI servers give it
@@ -149,7 +150,16 @@ class Request:
         return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
     def params(self):
-        return parse_body(self.body, self.mimetype)
+        """The body's parameters, read once (provider/body.py's rules); raises
+        InvalidRequestError for a body that is not one, every time it is asked."""
+        if self._params is None:
+            try:
+                self._params = parse_body(self.body, self.mimetype)
+            except OAuth2Error as exc:
+                self._params = exc
+        if isinstance(self._params, Exception):
+            raise self._params
+        return self._params
 
 
 class EventApp:
