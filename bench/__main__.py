@@ -35,8 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-
-from provider import config as provider_config
+from qr_oidc.provider import settings as provider_config
 
 from . import anchor, approval, data, load, longpoll, report, servers, signing
 

@@ -115,14 +115,14 @@ def in_process(url: str, env: dict, issue_tickets: list[dict], poll_tickets: lis
     saved = dict(os.environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith("QR_OIDC_")})
     try:
-        from provider import create_app
+        from qr_oidc.provider.web.app import create_app
 
         app = create_app()
     finally:
         os.environ.clear()
         os.environ.update(saved)
     wsgi = app.wsgi_app
-    from provider.models import QR_GRANT_TYPE
+    from qr_oidc.provider.storage.models import QR_GRANT_TYPE
 
     def call(ticket: str) -> str:
         body = f"grant_type={QR_GRANT_TYPE}&ticket={ticket}".encode()

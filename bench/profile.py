@@ -8,7 +8,7 @@ Needs ``py-spy`` (``.venv/bin/pip install py-spy``; not a dependency of qr-oidc)
 samples the worker with ``--gil`` (only the thread holding the GIL: with one worker the GIL is
 what every request queues for, so this is the serial cost per request) and without it (every
 thread that is not idle, so also time in C with the GIL released: SQLite, libpq, OpenSSL, socket
-I/O). The buckets name the event path's parts (provider/events.py, grants/token_core.py). It prints, for each, the inclusive share of samples of the parts of a request named in
+I/O). The buckets name the event path's parts (provider/web/events.py, grants/token_core.py). It prints, for each, the inclusive share of samples of the parts of a request named in
 BUCKETS, and the functions with the most samples of their own.
 """
 
@@ -39,7 +39,7 @@ BUCKETS = [
     ("rest of the token core (TokenCore.poll)", r"TokenCore\.poll "),
     ("database thread hand-off (concurrent.futures, threading)",
      r"concurrent/futures|threading\.py"),
-    ("body parse (provider/body.py)", r"body\.py"),
+    ("body parse (provider/web/body.py)", r"body\.py"),
     ("answer: headers, JSON, errors (EventApp._send)", r"EventApp\._send "),
     ("rest of the event app (EventApp)", r"EventApp\."),
     ("outside the app: uvicorn, httptools, uvloop (accept, parse, write)", r"."),

@@ -23,8 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from conftest import phone_app  # noqa: E402
 from helpers import Provider, sign_in_phone  # noqa: E402
-
-from provider.config import DEFAULTS  # noqa: E402
+from qr_oidc.provider.settings import DEFAULTS  # noqa: E402
 
 
 def main() -> None:

@@ -8,10 +8,10 @@
 - ``openid``: the ID token, for every grant
 """
 
-from .authorization_code import AuthorizationCodeGrant, CodeChallenge
-from .openid import OpenIDCode, OpenIDToken
-from .qr_ticket import DeviceCodeGrant, QRTicketGrant
-from .refresh_token import RefreshTokenGrant
+from qr_oidc.grants.authorization_code import AuthorizationCodeGrant, CodeChallenge
+from qr_oidc.grants.openid import OpenIDCode, OpenIDToken
+from qr_oidc.grants.qr_ticket import DeviceCodeGrant, QRTicketGrant
+from qr_oidc.grants.refresh_token import RefreshTokenGrant
 
 
 def register(server, parts) -> None:

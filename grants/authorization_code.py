@@ -27,13 +27,12 @@ from dataclasses import dataclass
 
 from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, grants
 from authlib.oauth2.rfc7636 import CodeChallenge as _CodeChallenge
+from qr_oidc.grants.refresh_token import revoke_family
+from qr_oidc.provider.security import digest, new_id
+from qr_oidc.provider.storage.models import RedeemedCode, User, now
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-from grants.refresh_token import revoke_family
-from provider.models import RedeemedCode, User, now
-from provider.security import digest, new_id
 
 log = logging.getLogger("qr_oidc.audit")
 

@@ -14,7 +14,7 @@ from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oidc.core.grants import OpenIDCode as _OpenIDCode
 from authlib.oidc.core.grants import OpenIDToken as _OpenIDToken
 from authlib.oidc.core.util import create_half_hash
-from keys.jws import sign_compact
+from qr_oidc.keys.jws import sign_compact
 
 
 def user_claims(user, scope: str) -> dict:

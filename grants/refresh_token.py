@@ -14,10 +14,9 @@ from __future__ import annotations
 import logging
 
 from authlib.oauth2.rfc6749 import InvalidGrantError, grants
+from qr_oidc.provider.security import digest
+from qr_oidc.provider.storage.models import Token, User, now
 from sqlalchemy import case, select, update
-
-from provider.models import Token, User, now
-from provider.security import digest
 
 log = logging.getLogger("qr_oidc.audit")
 

@@ -26,13 +26,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
-
-from provider.audit import audit, audit_after_commit
-from provider.models import Client, Ticket, User, now
-from provider.notify import notify_in_transaction
-from provider.security import (
+from qr_oidc.provider.audit import audit, audit_after_commit
+from qr_oidc.provider.security import (
     binding_choices,
     binding_code,
     digest,
@@ -41,6 +36,10 @@ from provider.security import (
     normalize_user_code,
     user_code_for,
 )
+from qr_oidc.provider.storage.models import Client, Ticket, User, now
+from qr_oidc.provider.storage.notify import notify_in_transaction
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 
 class TicketError(Exception):

@@ -3,13 +3,13 @@
 A web client (QR ticket grant) or a device (RFC 8628 device code grant) polls the token endpoint
 with its ticket. Two callers ask this module what to answer, and neither has a rule of its own:
 
-- the event-driven hot path (``provider/events.py``), which serves ``POST /token`` for these two
+- the event-driven hot path (``provider/web/events.py``), which serves ``POST /token`` for these two
   grants on the event loop, calling ``TokenCore.poll`` in a database thread;
 - Authlib's grant classes (``grants/qr_ticket.py``), which serve the same grants when Flask gets
   the request (the in-process app, and any caller that is not the event-driven server).
 
 ``TokenCore.poll`` takes the body's parameters, a function that authenticates the client (both
-callers pass ``provider/clientauth.authenticate`` with their own client lookup) and the peer, and
+callers pass ``provider/client_auth.authenticate`` with their own client lookup) and the peer, and
 either returns the token response's body or raises the ``OAuth2Error`` to answer:
 
 1. the credential (``ticket`` / ``device_code``) is present (``invalid_request``);
@@ -48,15 +48,17 @@ from authlib.oauth2.rfc6749 import (
 )
 from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from authlib.oauth2.rfc8628 import AuthorizationPendingError, ExpiredTokenError, SlowDownError
+from authlib.oauth2.rfc8628 import (
+    AuthorizationPendingError,
+    ExpiredTokenError,
+    SlowDownError,
+)
 from authlib.oidc.core.grants.util import is_openid_scope
-
-from provider.audit import audit
-from provider.models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, now
-from provider.oauth import new_access_token, token_row
-from provider.security import constant_equals, digest
-
-from .openid import id_token
+from qr_oidc.grants.access_tokens import new_access_token, token_row
+from qr_oidc.grants.openid import id_token
+from qr_oidc.provider.audit import audit
+from qr_oidc.provider.security import constant_equals, digest
+from qr_oidc.provider.storage.models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, now
 
 log = logging.getLogger("qr_oidc.token")
 

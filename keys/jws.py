@@ -3,7 +3,7 @@
 ``joserfc.jwt.encode`` does the same with checks and conversions the provider's own claims never
 need (its Python costs about a fifth of an RS256 signature per token, docs/performance.md); this
 is the signing input, the signature and base64url, nothing else. Verification stays joserfc's
-(``provider/oauth.py``), and the tests verify every kind of token with PyJWT, joserfc and Node's
+(``provider/web/oauth.py``), and the tests verify every kind of token with PyJWT, joserfc and Node's
 openid-client.
 """
 

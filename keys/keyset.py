@@ -20,9 +20,8 @@ import time
 
 from cryptography.hazmat.primitives import serialization
 from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
+from qr_oidc.provider.storage.models import SigningKey
 from sqlalchemy import select
-
-from provider.models import SigningKey
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 log = logging.getLogger("qr_oidc.keys")

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import time
 
+from qr_oidc.keys.keyset import generate, to_row
+from qr_oidc.provider.storage.models import SigningKey
 from sqlalchemy import delete, select, update
-
-from provider.models import SigningKey
-
-from .keyset import generate, to_row
 
 
 class NotReady(RuntimeError):

@@ -1,13 +1,4 @@
-"""qr-oidc's provider: app factory, configuration, storage, HTTP layer, pages and CLI."""
-
-__all__ = ["create_app"]
-
-
-def __getattr__(name: str):
-    # loaded on first use, so that ``import keys`` (whose key set reads provider.models) does not
-    # import the app, which imports ``keys`` again, half made
-    if name == "create_app":
-        from .app import create_app
-
-        return create_app
-    raise AttributeError(name)
+"""qr-oidc's provider, in layers: ``settings``, ``security``, ``seal`` and ``audit`` at the base;
+``storage`` (models, database, migrations, the ticket store, counters, change notices) above them;
+``web`` (the Flask app factory, the event path, routes by family, pages) above the grants and
+keys; ``runtime`` (server, CLI, maintenance) on top. docs/architecture.md draws them."""

@@ -15,14 +15,15 @@ import logging
 import time
 from contextvars import ContextVar
 
-from flask import g, has_request_context, request
-
 log = logging.getLogger("qr_oidc.audit")
 
-# the peer (ip, user agent) of a request the event path (provider/events.py) serves, which has
-# no Flask request: set around the work it hands to a database thread
+# the peer (ip, user agent) of the request being served: set by the web layer (Flask's
+# before_request, provider/web/app.py; the event path around the work it hands to a database
+# thread, provider/web/events.py), so that this module knows no web framework
 PEER: ContextVar[tuple[str | None, str | None] | None] = ContextVar("qr_oidc_peer",
                                                                    default=None)
+# events true only once the request's transaction commits (audit_after_commit)
+_AFTER_COMMIT: ContextVar[list | None] = ContextVar("qr_oidc_audit_after_commit", default=None)
 
 
 def audit(event: str, **fields) -> None:
@@ -32,10 +33,7 @@ def audit(event: str, **fields) -> None:
     escaped)."""
     record = {"ts": round(time.time(), 3), "event": event}
     peer = None
-    if has_request_context():
-        peer = record["ip"] = request.remote_addr
-        record["user_agent"] = (request.headers.get("User-Agent") or "")[:200] or None
-    elif PEER.get() is not None:
+    if PEER.get() is not None:
         peer, agent = PEER.get()
         record["ip"] = peer
         record["user_agent"] = (agent or "")[:200] or None
@@ -48,15 +46,33 @@ def audit(event: str, **fields) -> None:
                         separators=(",", ":"), ensure_ascii=True))
 
 
+def begin(ip: str | None, user_agent: str | None) -> None:
+    """A request starts: its peer, and no event waiting for a commit."""
+    PEER.set((ip, user_agent))
+    _AFTER_COMMIT.set(None)
+
+
+def end() -> None:
+    """A request ends: what waited for a commit that never came is dropped."""
+    PEER.set(None)
+    _AFTER_COMMIT.set(None)
+
+
 def audit_after_commit(event: str, **fields) -> None:
     """Record an event that is true only once the request's transaction commits."""
-    g.setdefault("qr_oidc_audit", []).append((event, fields))
+    waiting = _AFTER_COMMIT.get()
+    if waiting is None:
+        waiting = []
+        _AFTER_COMMIT.set(waiting)
+    waiting.append((event, fields))
 
 
 def flush_after_commit() -> None:
-    for event, fields in g.pop("qr_oidc_audit", []):
+    waiting = _AFTER_COMMIT.get() or []
+    _AFTER_COMMIT.set(None)
+    for event, fields in waiting:
         audit(event, **fields)
 
 
 def discard_after_rollback() -> None:
-    g.pop("qr_oidc_audit", None)
+    _AFTER_COMMIT.set(None)

@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-
 MAX_SEALED = 16384
 _CANONICAL = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -14,8 +14,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import requests

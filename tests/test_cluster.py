@@ -10,7 +10,13 @@ import time
 import pytest
 import requests
 from conftest import phone_app
-from helpers import Provider, approved_ticket, create_pg_database, drop_pg_database, sign_in_phone
+from helpers import (
+    Provider,
+    approved_ticket,
+    create_pg_database,
+    drop_pg_database,
+    sign_in_phone,
+)
 
 CLUSTER_ENV = {
     "QR_OIDC_POLL_INTERVAL": "2",
@@ -111,7 +117,7 @@ def sqlite_pair(tmp_path_factory):
 
 
 def test_on_sqlite_a_long_poll_in_one_process_hears_an_approval_in_another(sqlite_pair):
-    """SQLite: the ticket_events rows carry the change from B to A (provider/notify.py)."""
+    """SQLite: the ticket_events rows carry the change from B to A (provider/storage/notify.py)."""
     _long_poll_hears_the_other_instance(sqlite_pair["a"], sqlite_pair["b"], sqlite_pair["web"],
                                         sqlite_pair["phone"], "ticket_events")
     rows = sqlite_pair["a"].db("SELECT COUNT(*) FROM ticket_events")

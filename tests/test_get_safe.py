@@ -16,7 +16,13 @@ from urllib.parse import urlencode
 import pytest
 import requests
 from conftest import phone_app
-from helpers import GENEROUS_LIMITS, Provider, authorize, login_form, pkce, sign_in_phone
+from helpers import (
+    GENEROUS_LIMITS,
+    Provider,
+    login_form,
+    pkce,
+    sign_in_phone,
+)
 
 QUIET = {  # nothing in the background may write while the tables are compared
     "QR_OIDC_MAINTENANCE_INTERVAL": "3600",
@@ -29,7 +35,7 @@ def served_get_routes(demo: bool = False) -> set[str]:
     """The GET rules of the app ``qr-oidc serve`` (or ``demo``) runs, read from the app."""
     import tempfile
 
-    from provider import create_app
+    from qr_oidc.provider.web.app import create_app
 
     folder = tempfile.mkdtemp(prefix="qr-oidc-routes-")
     app = create_app({"DATABASE_URL": f"sqlite:///{folder}/routes.db", "DEMO": demo})

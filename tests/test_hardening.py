@@ -8,8 +8,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import secrets
 import os
+import secrets
 import stat
 import time
 import zlib
@@ -25,9 +25,8 @@ from helpers import (
     csrf_of,
     sign_in_phone,
 )
+from qr_oidc.provider.security import binding_choices
 from test_requester import away_from_a_window_edge
-
-from provider.security import binding_choices
 
 
 def wrong_login(server: Provider, username: str, password: str = "wrong") -> int:
@@ -269,9 +268,14 @@ def test_audit_lines_cannot_be_split_by_what_a_user_types(provider):
 def test_the_maintenance_round_forgets_old_sessions_and_old_redemptions(tmp_path):
     """Ended or expired session records (after a day) and the redemptions of codes that have
     expired anyway are deleted by the background round; live ones stay."""
-    from provider import create_app
-    from provider.maintenance import run_once
-    from provider.models import BrowserSession, Client, RedeemedCode, User
+    from qr_oidc.provider.runtime.maintenance import run_once
+    from qr_oidc.provider.storage.models import (
+        BrowserSession,
+        Client,
+        RedeemedCode,
+        User,
+    )
+    from qr_oidc.provider.web.app import create_app
 
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path}/upkeep.db"})
     parts = app.extensions["qr_oidc"]

@@ -18,7 +18,14 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
-from helpers import Provider, create_pg_database, csrf_of, drop_pg_database, login_form, pkce
+from helpers import (
+    Provider,
+    create_pg_database,
+    csrf_of,
+    drop_pg_database,
+    login_form,
+    pkce,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,9 +55,9 @@ COUNTED = ("tickets", "tokens", "browser_sessions", "redeemed_codes", "users", "
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def app(request, tmp_path_factory):
-    from provider import create_app
-    from provider.models import Client, User
-    from provider.security import digest, hash_password
+    from qr_oidc.provider.security import digest, hash_password
+    from qr_oidc.provider.storage.models import Client, User
+    from qr_oidc.provider.web.app import create_app
 
     if request.param == "sqlite":
         url, drop = f"sqlite:///{tmp_path_factory.mktemp('html-fuzz')}/app.db", None
@@ -87,9 +94,9 @@ def counts(app) -> dict:
 
 def browser(app, signed_in: bool):
     """A test client with a CSRF token in its session, and (signed in) a session record."""
-    from provider import sessions as _sessions  # noqa: F401  (the module the record is for)
-    from provider.models import BrowserSession
-    from provider.security import digest
+    from qr_oidc.provider.security import digest
+    from qr_oidc.provider.storage.models import BrowserSession
+    from qr_oidc.provider.web import sessions as _sessions  # noqa: F401  (the module the record is for)
 
     client = app.test_client()
     with client.session_transaction() as cookie:

@@ -179,9 +179,8 @@ def test_the_signer_makes_tokens_joserfc_and_pyjwt_accept(alg):
     outside ASCII included, and a tampered payload must not."""
     from joserfc import jwt as jose_jwt
     from joserfc.jwk import KeySet
-
-    from keys.jws import sign_compact
-    from keys.keyset import generate
+    from qr_oidc.keys.jws import sign_compact
+    from qr_oidc.keys.keyset import generate
 
     key = generate(alg)
     public = KeySet.import_key_set({"keys": [dict(key.as_dict(private=False), kid="k1")]})

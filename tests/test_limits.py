@@ -9,7 +9,13 @@ import secrets
 import pytest
 import requests
 from conftest import phone_app
-from helpers import Provider, create_pg_database, csrf_of, drop_pg_database, sign_in_phone
+from helpers import (
+    Provider,
+    create_pg_database,
+    csrf_of,
+    drop_pg_database,
+    sign_in_phone,
+)
 
 TIGHT = {
     "QR_OIDC_RATE_TICKET_CLIENT": "3/600",

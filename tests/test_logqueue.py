@@ -1,4 +1,4 @@
-"""The access log's writer thread (provider/logqueue.py): every line, in order; a bounded queue
+"""The access log's writer thread (provider/runtime/logqueue.py): every line, in order; a bounded queue
 that drops and counts rather than grow when the log stalls; what is queued written at exit.
 (That every request of a real server gets its line is in test_audit.py.)"""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from provider.logqueue import BackgroundHandler  # noqa: E402
+from qr_oidc.provider.runtime.logqueue import BackgroundHandler  # noqa: E402
 
 
 class Collect(logging.Handler):

@@ -1,4 +1,4 @@
-"""Status long polls on the event loop (provider/events.py): many held at once without holding
+"""Status long polls on the event loop (provider/web/events.py): many held at once without holding
 anything else up, at most four per ticket, a ceiling per process, and a clear answer past each
 (at once, then one a second per address, so a flood paces itself).
 

@@ -1,4 +1,4 @@
-"""Schema migrations (provider/migrate.py, Alembic under provider/migrations), on SQLite and on
+"""Schema migrations (provider/storage/migrate.py, Alembic under provider/storage/migrations), on SQLite and on
 PostgreSQL: ``qr-oidc db upgrade`` builds exactly the schema the models describe, every migration
 goes down and up again, rows survive an upgrade, and a server refuses to start on a schema that
 is behind, saying what to run."""
@@ -15,8 +15,8 @@ from sqlalchemy import create_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from provider import migrate  # noqa: E402
-from provider.models import Base  # noqa: E402  (the models register their tables on it)
+from qr_oidc.provider.storage import migrate  # noqa: E402
+from qr_oidc.provider.storage.models import Base  # noqa: E402  (the models register their tables on it)
 
 REVISIONS = ["0001", "0002", "0003", "0004", "0005"]
 

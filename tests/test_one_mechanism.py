@@ -20,8 +20,8 @@ def html_post_routes() -> dict[str, str]:
     """Every POST route of the HTML pages, read from the app: rule -> endpoint."""
     import tempfile
 
-    from provider import create_app
-    from provider.csrf import EXEMPT, HTML_BLUEPRINTS
+    from qr_oidc.provider.web.app import create_app
+    from qr_oidc.provider.web.csrf import EXEMPT, HTML_BLUEPRINTS
 
     folder = tempfile.mkdtemp(prefix="qr-oidc-routes-")
     app = create_app({"DATABASE_URL": f"sqlite:///{folder}/routes.db", "DEMO": True})

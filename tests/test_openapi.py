@@ -132,7 +132,7 @@ def validator(document: dict, pointer: str):
 # -- 1. routes -----------------------------------------------------------------------------------------
 def test_every_json_route_is_described_and_every_described_operation_is_served(tmp_path,
                                                                                   document):
-    from provider import create_app
+    from qr_oidc.provider.web.app import create_app
 
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path}/x.db", "DEMO": True})
     served, html = set(), {}

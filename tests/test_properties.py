@@ -3,7 +3,7 @@
 1. The pure functions behind the codes a person reads or types (``provider/security.py``): user
    codes normalise and round-trip; number-matching choices are three distinct two-digit numbers,
    the right one among them, the same every time for a ticket.
-2. Request bodies (``provider/body.py``) through the app itself (its WSGI stack, in-process, on
+2. Request bodies (``provider/web/body.py``) through the app itself (its WSGI stack, in-process, on
    SQLite and on PostgreSQL): whatever text, form, JSON or bytes arrive at the JSON endpoints, the
    answer is never a 5xx and every error is JSON with a string ``error``; what body.py promises
    to refuse (repeated parameters, JSON that is not an object of strings) is refused.
@@ -48,8 +48,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-
-from provider.security import (
+from qr_oidc.provider.security import (
     USER_CODE_ALPHABET,
     binding_choices,
     binding_code,
@@ -149,9 +148,9 @@ WEB = {"client_id": "web-client", "client_secret": "web-secret-" + "x" * 20}
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def app(request, tmp_path_factory):
-    from provider import create_app
-    from provider.models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, Client
-    from provider.security import digest
+    from qr_oidc.provider.security import digest
+    from qr_oidc.provider.storage.models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, Client
+    from qr_oidc.provider.web.app import create_app
 
     if request.param == "sqlite":
         url, drop = f"sqlite:///{tmp_path_factory.mktemp('props')}/app.db", None

@@ -1,6 +1,6 @@
 """One token core (grants/token_core.py) behind both front ends of the ticket grants.
 
-``qr-oidc serve`` answers the QR and device token polls on its event loop (provider/events.py);
+``qr-oidc serve`` answers the QR and device token polls on its event loop (provider/web/events.py);
 the same app's Flask side answers them through Authlib's grant (grants/qr_ticket.py) when Flask
 gets the request (here: the app in process, on the same database as a running server). Both
 call ``TokenCore.poll``: the same bytes for the same case, one interval kept with the ticket,
@@ -17,7 +17,14 @@ import re
 import pytest
 import requests
 from conftest import phone_app
-from helpers import DEVICE_GRANT, QR_GRANT, Provider, approved_ticket, pkce, sign_in_phone
+from helpers import (
+    DEVICE_GRANT,
+    QR_GRANT,
+    Provider,
+    approved_ticket,
+    pkce,
+    sign_in_phone,
+)
 
 SHOWN = ("content-type", "cache-control", "pragma", "www-authenticate",
          "x-content-type-options", "referrer-policy", "x-frame-options",
@@ -27,7 +34,7 @@ SHOWN = ("content-type", "cache-control", "pragma", "www-authenticate",
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def both(request, tmp_path_factory):
     """A running server, and the same app in process on its database."""
-    from provider import create_app
+    from qr_oidc.provider.web.app import create_app
 
     server = Provider(tmp_path_factory.mktemp("core"), {"QR_OIDC_POLL_INTERVAL": "2"},
                       backend=request.param)

@@ -1,0 +1,188 @@
+"""What the ticket endpoints do, free of any web framework: the status read and the phone's
+scan, approve and deny.
+
+Two front ends call these functions and add only HTTP: the event-driven hot path
+(``provider/web/events.py``, which ``qr-oidc serve`` runs) and Flask's routes (``provider/web/http.py``,
+the same app in process). Each function runs in a thread that may wait for the database and uses
+that thread's session (``parts.db.session``); the caller ends the session afterwards. An answer
+is an ``Answer``: status, JSON body and extra headers; errors carry ``{"error",
+"error_description"}`` as SPEC.md lists them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from authlib.oauth2 import OAuth2Error
+from qr_oidc.grants.access_tokens import BearerError, authenticate_bearer
+from qr_oidc.grants.tickets import TicketError
+from qr_oidc.provider.security import digest, normalize_user_code
+from qr_oidc.provider.storage.models import Client
+from qr_oidc.provider.storage.ratelimit import TooManyRequests
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict
+    headers: dict = field(default_factory=dict)
+    # an OAuth2Error from Authlib's family, rendered as Authlib renders it (provider/web/oauth.py)
+    oauth_error: OAuth2Error | None = None
+    cors: list = field(default_factory=list)  # (name, value) pairs, provider/web/cors.py
+
+
+def error(code: str, status: int, description: str, headers: dict | None = None) -> Answer:
+    return Answer(status, {"error": code, "error_description": description},
+                  {**NO_STORE, **(headers or {})})
+
+
+def ok(body: dict, status: int = 200) -> Answer:
+    return Answer(status, body, dict(NO_STORE))
+
+
+def too_many(exc: TooManyRequests) -> Answer:
+    return error("too_many_requests", 429, "Too many requests; try again later.",
+                 {"Retry-After": str(exc.retry_after)})
+
+
+def bearer_error(exc: BearerError) -> Answer:
+    challenge = f'Bearer error="{exc.error}", error_description="{exc.description}"'
+    if exc.error == "insufficient_scope":
+        challenge += ', scope="qr:approve"' if "qr:approve" in exc.description else ""
+    return error(exc.error, exc.status, exc.description, {"WWW-Authenticate": challenge})
+
+
+def oauth_refusal(exc: OAuth2Error) -> Answer:
+    return Answer(exc.status_code or 400, {}, {}, oauth_error=exc)
+
+
+# -- status ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StatusRequest:
+    ticket: str
+    wait: float  # seconds, already bounded by LONG_POLL_MAX
+    known: str | None  # the status the page has (last_status)
+
+
+def status_request(data: Mapping[str, str], long_poll_max: float) -> StatusRequest | Answer:
+    """The parameters of a status request, or the refusal to answer."""
+    secret = data.get("ticket")
+    if not secret:
+        return error("invalid_request", 400, "Missing 'ticket'.")
+    try:
+        wait = float(data.get("wait") or 0)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait < 1e6:  # (also NaN)
+        return error("invalid_request", 400, "'wait' must be a number of seconds.")
+    return StatusRequest(secret, min(wait, float(long_poll_max)), data.get("last_status"))
+
+
+@dataclass(frozen=True)
+class TicketState:
+    """What the status endpoint says of a ticket, read at one moment."""
+
+    id: str
+    ticket_hash: str
+    status: str  # as stored: expiry is a time, see ``public``
+    expires_at: float
+    user: dict | None  # {"name", "picture"} once someone scanned it
+
+    def public(self, at: float) -> str:
+        if self.status in ("redeemed", "denied"):
+            return self.status
+        return "expired" if at >= self.expires_at else self.status
+
+    def body(self, at: float) -> dict:
+        status = self.public(at)
+        body = {"status": status, "expires_in": max(0, int(self.expires_at - at))}
+        if self.user is not None and status != "expired":
+            body["user"] = self.user
+        return body
+
+
+def read_status(parts, secret: str) -> TicketState | None:
+    """The ticket whose poll secret is ``secret``, as the status endpoint shows it; None for
+    none. One statement (``Tickets.status_row``): nothing is held afterwards."""
+    if not isinstance(secret, str) or not secret or len(secret) > 200:
+        return None
+    key = digest(secret)
+    row = parts.tickets.status_row(key)
+    if row is None:
+        return None
+    user = None
+    if row["user_id"] is not None and row["username"] is not None:
+        user = {"name": row["name"] or row["username"], "picture": row["picture"]}
+    return TicketState(row["id"], key, row["status"], row["expires_at"], user)
+
+
+def status_answer(state: TicketState | None, at: float | None = None) -> Answer:
+    if state is None:
+        return error("unknown_ticket", 404, "No such ticket.")
+    return ok(state.body(time.time() if at is None else at))
+
+
+def status_key(secret: str) -> str:
+    """What long polls on one ticket share (its secret's digest, as stored)."""
+    return digest(secret)
+
+
+# -- the phone's side --------------------------------------------------------------------------
+def mobile(parts, action: str, authorization: str | None,
+           params: Callable[[], Mapping[str, str]], remote_addr: str | None) -> Answer:
+    """``scan``, ``approve`` or ``deny`` for the signed-in phone app (Bearer ``qr:approve``).
+    ``params()`` reads the body (raising ``OAuth2Error`` for one that is not a body)."""
+    try:
+        _claims, _row, user = authenticate_bearer(parts, authorization,
+                                                  required_scope="qr:approve")
+    except BearerError as exc:
+        return bearer_error(exc)
+    if user is None:
+        return bearer_error(BearerError("invalid_token", 401, "The token names no user."))
+    try:
+        data = params()
+    except OAuth2Error as exc:
+        return oauth_refusal(exc)
+    scan_code, user_code = data.get("scan_code"), data.get("user_code")
+    if not scan_code and not user_code:
+        return error("invalid_request", 400, "Send scan_code (from the QR) or user_code.")
+    if scan_code:
+        row, code = parts.tickets.by_code(scan_code, None)
+    else:
+        try:
+            row, code = find_by_user_code(parts, user_code, user, remote_addr)
+        except TooManyRequests as exc:
+            return too_many(exc)
+    tickets = parts.tickets
+    try:
+        if action == "scan":
+            row = tickets.scan(row, user)
+            client = parts.db.session.get(Client, row.client_id)
+            return ok(tickets.scan_view(row, code, client))
+        if action == "approve":
+            row = tickets.approve(row, user, data.get("binding_code"))
+        else:
+            row = tickets.deny(row, user)
+        return ok({"status": row.public_status()})
+    except TicketError as exc:
+        parts.db.session.rollback()
+        return error(exc.error, exc.status, exc.description)
+
+
+def find_by_user_code(parts, typed: str, user, remote_addr: str | None):
+    """A ticket by typed user code, counting wrong codes per user and per IP (RFC 8628 §5.1):
+    a guesser is stopped after RATE_USER_CODE_USER wrong tries. Every try is counted before
+    the lookup (so parallel guesses cannot pass the limit together); a right one is given
+    back."""
+    limiter = parts.limiter
+    counted = [limiter.hit("user_code_user", user.sub),
+               limiter.hit("user_code_ip", remote_addr)]
+    row, code = parts.tickets.by_code(None, typed) if normalize_user_code(typed) else (None, None)
+    if row is not None:
+        for count in counted:
+            limiter.give_back(count)
+    return row, code
