@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+
 from qr_oidc.provider import settings as provider_config
 
 from . import anchor, approval, data, load, longpoll, report, servers, signing
@@ -451,9 +452,9 @@ def parse(argv=None):
                              "quick 2)")
     parser.add_argument("--probe-timeout", type=float,
                         help="seconds a probe may take before it counts as failed (30; quick 10)")
-    parser.add_argument("--workers", type=int, default=int(defaults["WORKERS"]),
+    parser.add_argument("--workers", type=int, default=defaults.workers,
                         help="qr-oidc serve --workers (QR_OIDC_WORKERS, default %(default)s)")
-    parser.add_argument("--threads", type=int, default=int(defaults["THREADS"]),
+    parser.add_argument("--threads", type=int, default=defaults.threads,
                         help="qr-oidc serve --threads (QR_OIDC_THREADS, default %(default)s)")
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for every qr-oidc server (repeatable)")
@@ -519,7 +520,7 @@ def main(argv=None) -> int:
             "pinned": servers.pinning(),
             "cores": ({"servers": servers.SERVER_CORE, "load": servers.LOAD_CORE}
                       if servers.pinning() else None),
-            "log_level": provider_config.load()["LOG_LEVEL"],
+            "log_level": provider_config.load().log_level,
         },
         "databases": {},
     }

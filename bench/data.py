@@ -12,8 +12,9 @@ import secrets
 import subprocess
 import time
 
-from qr_oidc.provider.storage.models import Ticket, User
 from sqlalchemy import create_engine, insert, select, text
+
+from qr_oidc.provider.storage.models import Ticket, User
 
 from .servers import QR_OIDC
 

@@ -285,7 +285,7 @@ class Holder:
         self.lines: queue.Queue = queue.Queue()
 
     def start(self) -> Holder:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (open while the client runs)
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log, start_new_session=True, text=True,
                                      cwd=servers.ROOT)

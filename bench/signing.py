@@ -15,8 +15,9 @@ import time
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
-from qr_oidc.provider.storage.models import SigningKey
 from sqlalchemy import select
+
+from qr_oidc.provider.storage.models import SigningKey
 
 
 def active_key_pem(engine, alg: str = "RS256") -> tuple[str, str]:

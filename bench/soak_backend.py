@@ -21,9 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import phone_app  # noqa: E402
-from helpers import Provider, sign_in_phone  # noqa: E402
-from qr_oidc.provider.settings import DEFAULTS  # noqa: E402
+from qr_oidc.provider.settings import DEFAULTS
+
+from conftest import phone_app
+from helpers import Provider, sign_in_phone
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import time
 from authlib.oauth2.rfc6749.util import scope_to_list
 from joserfc import jwt
 from joserfc.errors import JoseError
+
 from qr_oidc.keys.jws import sign_compact
 from qr_oidc.provider.security import digest, new_id, new_secret
 from qr_oidc.provider.storage.models import Token, User, now
@@ -31,12 +32,12 @@ def new_access_token(settings, keys, *, grant_type: str, client_id: str, sub: st
     """A signed RFC 9068 access token, as the token response's first four members (plus
     ``refresh_token`` when ``refresh``), and what its row needs (``token_row``'s ``pending``)."""
     issued = int(time.time())
-    lifetime = lifetime or int(settings["ACCESS_TOKEN_TTL"])
+    lifetime = lifetime or settings.access_token_ttl
     jti = new_id()
     claims = {
-        "iss": settings["ISSUER"],
+        "iss": settings.issuer,
         "sub": sub,
-        "aud": aud or settings["ISSUER"],
+        "aud": aud or settings.issuer,
         "client_id": client_id,
         "iat": issued,
         "exp": issued + lifetime,
@@ -73,7 +74,7 @@ def token_row(settings, pending: dict, *, client_id: str, user_id: int | None, s
         "expires_at": pending["exp"],
         "revoked": False,
         "refresh_token_hash": digest(pending["refresh"]) if pending["refresh"] else None,
-        "refresh_expires_at": at + int(settings["REFRESH_TOKEN_TTL"])
+        "refresh_expires_at": at + settings.refresh_token_ttl
         if pending["refresh"] else None,
         "refresh_status": "active" if pending["refresh"] else None,
         "family_id": family_id or new_id(),
@@ -109,10 +110,10 @@ def authenticate_bearer(parts, header: str | None,
     except (JoseError, ValueError, TypeError, KeyError):
         raise BearerError("invalid_token", 401, "The access token is not valid.") from None
     claims = decoded.claims
-    if decoded.header.get("typ") != "at+jwt" or claims.get("iss") != parts.settings["ISSUER"]:
+    if decoded.header.get("typ") != "at+jwt" or claims.get("iss") != parts.settings.issuer:
         raise BearerError("invalid_token", 401, "The access token is not valid.")
     audience = claims.get("aud")
-    if parts.settings["ISSUER"] not in (audience if isinstance(audience, list) else [audience]):
+    if parts.settings.issuer not in (audience if isinstance(audience, list) else [audience]):
         raise BearerError("invalid_token", 401, "The access token is for another resource.")
     exp = claims.get("exp")
     if not isinstance(exp, (int, float)) or exp <= time.time():

@@ -27,12 +27,13 @@ from dataclasses import dataclass
 
 from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, grants
 from authlib.oauth2.rfc7636 import CodeChallenge as _CodeChallenge
-from qr_oidc.grants.refresh_token import revoke_family
-from qr_oidc.provider.security import digest, new_id
-from qr_oidc.provider.storage.models import RedeemedCode, User, now
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from qr_oidc.grants.refresh_token import revoke_family
+from qr_oidc.provider.security import digest, new_id
+from qr_oidc.provider.storage.models import RedeemedCode, User, now
 
 log = logging.getLogger("qr_oidc.audit")
 
@@ -149,7 +150,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             "t": getattr(request, "auth_time", None) or now(),
             "a": getattr(request, "amr", None) or "pwd",
             "f": new_id(),
-            "x": now() + int(self.parts.settings["AUTH_CODE_TTL"]),
+            "x": now() + self.parts.settings.auth_code_ttl,
         })
 
     def save_authorization_code(self, code, request):

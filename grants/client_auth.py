@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 from urllib.parse import unquote
 
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError
+
 from qr_oidc.provider.security import secret_matches
 
 METHODS = ("client_secret_basic", "client_secret_post", "none")

@@ -14,6 +14,7 @@ from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oidc.core.grants import OpenIDCode as _OpenIDCode
 from authlib.oidc.core.grants import OpenIDToken as _OpenIDToken
 from authlib.oidc.core.util import create_half_hash
+
 from qr_oidc.keys.jws import sign_compact
 
 
@@ -59,14 +60,14 @@ def id_token(settings, keys, *, client_id: str, alg: str | None, user, scope: st
              access_token: str, nonce=None, auth_time=None, amr=None) -> str:
     """The signed ID token for ``user``: shared by every grant and the token core.
     ``alg`` is the client's ``id_token_signed_response_alg`` (None: the server's default)."""
-    alg = alg or settings["SIGNING_ALG"]
+    alg = alg or settings.signing_alg
     key = keys.signing_key(alg)
     issued = int(time.time())
     claims = {
-        "iss": settings["ISSUER"],
+        "iss": settings.issuer,
         "aud": client_id,
         "iat": issued,
-        "exp": issued + int(settings["ID_TOKEN_TTL"]),
+        "exp": issued + settings.id_token_ttl,
     }
     if nonce:
         claims["nonce"] = nonce

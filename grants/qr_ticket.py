@@ -23,6 +23,7 @@ one gets tokens. ``DeviceCodeGrant`` is the same grant under the RFC 8628 name: 
 from __future__ import annotations
 
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
+
 from qr_oidc.grants.token_core import TokensNotSaved, verifier_matches  # noqa: F401 (the grant's errors)
 from qr_oidc.provider.storage.models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE
 

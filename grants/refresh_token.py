@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 
 from authlib.oauth2.rfc6749 import InvalidGrantError, grants
+from sqlalchemy import case, select, update
+
 from qr_oidc.provider.security import digest
 from qr_oidc.provider.storage.models import Token, User, now
-from sqlalchemy import case, select, update
 
 log = logging.getLogger("qr_oidc.audit")
 

@@ -26,6 +26,9 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
 from qr_oidc.provider.audit import audit, audit_after_commit
 from qr_oidc.provider.security import (
     binding_choices,
@@ -36,10 +39,9 @@ from qr_oidc.provider.security import (
     normalize_user_code,
     user_code_for,
 )
+from qr_oidc.provider.settings import Settings
 from qr_oidc.provider.storage.models import Client, Ticket, User, now
 from qr_oidc.provider.storage.notify import notify_in_transaction
-from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
 
 
 class TicketError(Exception):
@@ -70,7 +72,7 @@ _TOKEN_INSERT = f"INSERT INTO tokens ({', '.join(_TOKEN_COLUMNS)})"
 _TOKEN_VALUES = "(" + ", ".join(f":{name}" for name in _TOKEN_COLUMNS) + ")"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _statement(name: str, paramstyle: str) -> str:
     sql = Tickets._SQL[name]
     if paramstyle == "pyformat":  # psycopg; sqlite3 takes the :named form as it is
@@ -106,15 +108,15 @@ class _Spent:
 class Tickets:
     """Ticket storage and the state machine; one instance per app, sessions from ``db``."""
 
-    def __init__(self, db, settings: dict, notifier, secret: str):
+    def __init__(self, db, settings: Settings, notifier, secret: str):
         self.db = db
         # keys the number-matching choices of a ticket: nothing a browser holds derives them
         self._binding_key = hmac.new(secret.encode(), b"qr-oidc binding choices",
                                      hashlib.sha256).digest()
-        self.ttl = int(settings["TICKET_TTL"])
-        self.interval = int(settings["POLL_INTERVAL"])
-        self.max_interval = int(settings["MAX_POLL_INTERVAL"])
-        self.retention = int(settings["EXPIRED_RETENTION"])
+        self.ttl = settings.ticket_ttl
+        self.interval = settings.poll_interval
+        self.max_interval = settings.max_poll_interval
+        self.retention = settings.expired_retention
         self.notifier = notifier
 
     # -- creation ----------------------------------------------------------------------------

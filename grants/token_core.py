@@ -35,8 +35,8 @@ The tokens are built by the functions every grant uses (``provider/oauth.new_acc
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from types import SimpleNamespace
-from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import (
@@ -54,6 +54,7 @@ from authlib.oauth2.rfc8628 import (
     SlowDownError,
 )
 from authlib.oidc.core.grants.util import is_openid_scope
+
 from qr_oidc.grants.access_tokens import new_access_token, token_row
 from qr_oidc.grants.openid import id_token
 from qr_oidc.provider.audit import audit

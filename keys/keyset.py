@@ -20,8 +20,9 @@ import time
 
 from cryptography.hazmat.primitives import serialization
 from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
-from qr_oidc.provider.storage.models import SigningKey
 from sqlalchemy import select
+
+from qr_oidc.provider.storage.models import SigningKey
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 log = logging.getLogger("qr_oidc.keys")

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import time
 
+from sqlalchemy import delete, select, update
+
 from qr_oidc.keys.keyset import generate, to_row
 from qr_oidc.provider.storage.models import SigningKey
-from sqlalchemy import delete, select, update
 
 
 class NotReady(RuntimeError):

@@ -12,9 +12,9 @@ import hmac
 import os
 import random
 import secrets
+import string
 import threading
 
-from werkzeug.security import check_password_hash, generate_password_hash
 
 # RFC 8628 §6.1: base-20, no vowels, nothing that reads alike.
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
@@ -94,14 +94,48 @@ def binding_choices(correct: str, seed: str) -> list[str]:
 _HASHING = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
 
 
+# scrypt's cost (RFC 7914): N=2^15, r=8, p=1, a 64-byte key; stored as
+# ``scrypt:N:r:p$<salt>$<hex>``, the format Werkzeug's generate_password_hash writes (earlier
+# versions used it), so hashes already stored keep working and no web framework is needed here
+_SCRYPT = (2**15, 8, 1)
+_SALT_CHARS = string.ascii_letters + string.digits
+
+
+def _derive(method: str, salt: str, password: str) -> str | None:
+    name, *args = method.split(":")
+    try:
+        if name == "scrypt":
+            n, r, p = (int(a) for a in args) if args else _SCRYPT
+            if not (2 <= n <= 2**20 and 1 <= r <= 32 and 1 <= p <= 16):
+                return None
+            return hashlib.scrypt(password.encode(), salt=salt.encode(), n=n, r=r, p=p,
+                                  maxmem=132 * n * r * p).hex()
+        if name == "pbkdf2" and len(args) == 2:
+            iterations = int(args[1])
+            if not 1 <= iterations <= 10_000_000:
+                return None
+            return hashlib.pbkdf2_hmac(args[0], password.encode(), salt.encode(),
+                                       iterations).hex()
+    except (ValueError, TypeError):
+        return None
+    return None
+
+
 def hash_password(password: str) -> str:
+    salt = "".join(secrets.choice(_SALT_CHARS) for _ in range(16))
+    method = "scrypt:{}:{}:{}".format(*_SCRYPT)
     with _HASHING:
-        return generate_password_hash(password, method="scrypt")
+        return f"{method}${salt}${_derive(method, salt, password)}"
 
 
 def check_password(password_hash: str, password: str) -> bool:
+    try:
+        method, salt, expected = password_hash.split("$", 2)
+    except (ValueError, AttributeError):
+        return False
     with _HASHING:
-        return check_password_hash(password_hash, password)
+        derived = _derive(method, salt, password)
+    return derived is not None and hmac.compare_digest(derived, expected)
 
 
 def constant_equals(a: str | None, b: str | None) -> bool:

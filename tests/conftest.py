@@ -6,6 +6,7 @@ process, and the CLI is run as the operator runs it.
 from __future__ import annotations
 
 import pytest
+
 from helpers import Provider, sign_in_phone
 
 

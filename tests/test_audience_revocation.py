@@ -10,8 +10,9 @@ import time
 
 import pytest
 import requests
-from helpers import authorize
 from test_refresh import introspect, qr_tokens, refresh, revoke, userinfo
+
+from helpers import authorize
 
 
 def reuse_alarms(provider) -> int:

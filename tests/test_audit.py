@@ -7,6 +7,7 @@ import json
 import time
 
 import requests
+
 from helpers import Provider, approved_ticket
 
 
@@ -62,6 +63,7 @@ def test_every_ticket_event_is_one_json_line_with_who_and_from_where(provider, w
 
 def test_sign_ins_and_failed_sign_ins_are_audited(provider, alice):
     import requests
+
     from helpers import csrf_of
 
     since = time.time() - 0.01

@@ -9,8 +9,9 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import pytest
 import requests
-from helpers import authorize, csrf_of, forms_of, login_form, pkce, submit_form
 from test_e2e import verify_with_jwks
+
+from helpers import authorize, csrf_of, forms_of, login_form, pkce, submit_form
 
 
 # -- reading pages -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import jwt
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
+
 from helpers import DEVICE_GRANT, QR_GRANT, Provider, approved_ticket, sign_in_phone
 
 FORM = "application/x-www-form-urlencoded"

@@ -27,9 +27,10 @@ import jwt
 import pytest
 import requests
 import zxingcpp
-from helpers import BIN, free_port, pkce
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
+
+from helpers import BIN, free_port, pkce
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -57,8 +58,8 @@ class Demo:
     def start(self) -> None:
         self.out_path = self.folder / "demo.out"
         self.log_path = self.folder / "demo.log"
-        self._out = open(self.out_path, "wb")  # noqa: SIM115 (open while the process runs)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self._out = open(self.out_path, "wb")
+        self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([BIN, "demo", "--port", str(self.port)], env=self.env,
                                      stdout=self._out, stderr=self._log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 60

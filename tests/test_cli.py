@@ -8,6 +8,7 @@ import json
 
 import pytest
 import requests
+
 from helpers import DEVICE_GRANT, QR_GRANT
 
 ALL_GRANTS = ["authorization_code", "refresh_token", DEVICE_GRANT, QR_GRANT]

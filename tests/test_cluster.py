@@ -9,6 +9,7 @@ import time
 
 import pytest
 import requests
+
 from conftest import phone_app
 from helpers import (
     Provider,

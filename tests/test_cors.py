@@ -4,6 +4,7 @@ ticket or token answers; the status endpoint is readable by any origin."""
 from __future__ import annotations
 
 import requests
+
 from helpers import pkce
 
 RP_ORIGIN = "https://shop.example"

@@ -15,6 +15,7 @@ from urllib.parse import urljoin, urlsplit
 import jwt
 import pytest
 import requests
+
 from helpers import DEVICE_GRANT, Provider, login_form
 
 DEVICE_UA = "LivingRoomTV/4.2 (device-flow test)"

@@ -11,8 +11,9 @@ import json
 import jwt
 import pytest
 import requests
-from helpers import DEVICE_GRANT, QR_GRANT, approved_ticket
 from test_e2e import verify_with_jwks
+
+from helpers import DEVICE_GRANT, QR_GRANT, approved_ticket
 
 QR_ENDPOINTS = ["qr_ticket_endpoint", "qr_status_endpoint", "qr_scan_endpoint",
                 "qr_approve_endpoint", "qr_deny_endpoint"]

@@ -10,6 +10,7 @@ import time
 
 import jwt
 import requests
+
 from helpers import QR_GRANT, approved_ticket, pkce
 
 

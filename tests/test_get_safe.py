@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
+
 from conftest import phone_app
 from helpers import (
     GENEROUS_LIMITS,

@@ -17,6 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from test_requester import away_from_a_window_edge
+
+from qr_oidc.provider.security import binding_choices
+
 from conftest import phone_app
 from helpers import (
     GENEROUS_LIMITS,
@@ -25,8 +29,6 @@ from helpers import (
     csrf_of,
     sign_in_phone,
 )
-from qr_oidc.provider.security import binding_choices
-from test_requester import away_from_a_window_edge
 
 
 def wrong_login(server: Provider, username: str, password: str = "wrong") -> int:

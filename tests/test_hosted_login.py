@@ -13,6 +13,7 @@ import pytest
 import requests
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
 from helpers import ask_for_qr, complete_qr
 
 REDIRECT = "https://rp.example/callback"

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
+
 from helpers import (
     Provider,
     ask_for_qr,

@@ -18,6 +18,9 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from helpers import (
     Provider,
     create_pg_database,
@@ -26,8 +29,6 @@ from helpers import (
     login_form,
     pkce,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 OFF = {name: "off" for name in ("RATE_TICKET_CLIENT", "RATE_TICKET_IP", "RATE_USER_CODE_USER",
                                 "RATE_USER_CODE_IP", "RATE_LOGIN_ACCOUNT", "RATE_LOGIN_IP")}

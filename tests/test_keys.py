@@ -10,6 +10,7 @@ import time
 import jwt
 import pytest
 import requests
+
 from conftest import phone_app
 from helpers import BIN, Provider, approved_ticket, sign_in_phone
 
@@ -179,6 +180,7 @@ def test_the_signer_makes_tokens_joserfc_and_pyjwt_accept(alg):
     outside ASCII included, and a tampered payload must not."""
     from joserfc import jwt as jose_jwt
     from joserfc.jwk import KeySet
+
     from qr_oidc.keys.jws import sign_compact
     from qr_oidc.keys.keyset import generate
 

@@ -8,6 +8,7 @@ import secrets
 
 import pytest
 import requests
+
 from conftest import phone_app
 from helpers import (
     Provider,

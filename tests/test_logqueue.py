@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qr_oidc.provider.runtime.logqueue import BackgroundHandler  # noqa: E402
+from qr_oidc.provider.runtime.logqueue import BackgroundHandler
 
 
 class Collect(logging.Handler):

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+
 from conftest import phone_app
 from helpers import Provider, approved_ticket, sign_in_phone
 

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import Provider
 from sqlalchemy import create_engine
+
+from helpers import Provider
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qr_oidc.provider.storage import migrate  # noqa: E402
-from qr_oidc.provider.storage.models import Base  # noqa: E402  (the models register their tables on it)
+from qr_oidc.provider.storage import migrate
+from qr_oidc.provider.storage.models import Base
 
 REVISIONS = ["0001", "0002", "0003", "0004", "0005"]
 

@@ -12,9 +12,9 @@ from sqlalchemy import delete, insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qr_oidc.provider.storage.db import Database  # noqa: E402
-from qr_oidc.provider.storage.models import TicketEvent  # noqa: E402
-from qr_oidc.provider.storage.notify import LocalNotifier, SqliteWatcher  # noqa: E402
+from qr_oidc.provider.storage.db import Database
+from qr_oidc.provider.storage.models import TicketEvent
+from qr_oidc.provider.storage.notify import LocalNotifier, SqliteWatcher
 
 
 def test_the_watcher_hears_every_event_after_it_started_even_once_the_table_was_purged(tmp_path):
@@ -46,8 +46,9 @@ def test_the_watcher_hears_every_event_after_it_started_even_once_the_table_was_
 
 
 def test_the_maintenance_purge_keeps_a_minute_of_events(tmp_path):
-    from qr_oidc.provider.storage.notify import EVENT_RETENTION, purge_events
     from sqlalchemy import select
+
+    from qr_oidc.provider.storage.notify import EVENT_RETENTION, purge_events
 
     database = Database(f"sqlite:///{tmp_path / 'events.db'}")
     database.prepare()

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import requests
+
 from helpers import QR_GRANT, Provider, csrf_of, login_form, pkce
 
 FAILED = {"error": "invalid_client", "error_description": "Client authentication failed."}

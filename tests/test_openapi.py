@@ -28,6 +28,8 @@ import pytest
 import requests
 import schemathesis
 import yaml
+from schemathesis.config import SchemathesisConfig
+
 from conftest import phone_app
 from helpers import (
     DEVICE_GRANT,
@@ -37,7 +39,6 @@ from helpers import (
     pkce,
     sign_in_phone,
 )
-from schemathesis.config import SchemathesisConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENAPI = ROOT / "docs" / "openapi.yaml"

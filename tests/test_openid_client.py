@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+
 from conftest import phone_app
 from helpers import (
     DEVICE_GRANT,

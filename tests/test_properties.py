@@ -28,16 +28,6 @@ from urllib.parse import urlencode
 import jwt
 import pytest
 import requests
-from conftest import phone_app
-from helpers import (
-    DEVICE_GRANT,
-    GENEROUS_LIMITS,
-    QR_GRANT,
-    Provider,
-    create_pg_database,
-    drop_pg_database,
-    sign_in_phone,
-)
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -48,12 +38,24 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+
 from qr_oidc.provider.security import (
     USER_CODE_ALPHABET,
     binding_choices,
     binding_code,
     normalize_user_code,
     user_code_for,
+)
+
+from conftest import phone_app
+from helpers import (
+    DEVICE_GRANT,
+    GENEROUS_LIMITS,
+    QR_GRANT,
+    Provider,
+    create_pg_database,
+    drop_pg_database,
+    sign_in_phone,
 )
 
 USER_CODE = re.compile(r"^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import requests
+
 from conftest import phone_app
 from helpers import Provider, sign_in_phone
 

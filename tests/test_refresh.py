@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import requests
+
 from helpers import approved_ticket
 
 

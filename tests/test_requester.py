@@ -11,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from helpers import DEVICE_GRANT, Provider, pkce
+
 from qr_oidc.provider.settings import DEFAULTS
+
+from helpers import DEVICE_GRANT, Provider, pkce
 
 FIREFOX = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.5; rv:140.0) Gecko/20100101 Firefox/140.0"
 

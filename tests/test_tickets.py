@@ -20,6 +20,7 @@ import PIL.Image
 import pytest
 import requests
 import zxingcpp
+
 from conftest import phone_app
 from helpers import Provider, authorize, pkce, sign_in_phone
 

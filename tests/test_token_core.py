@@ -16,6 +16,7 @@ import re
 
 import pytest
 import requests
+
 from conftest import phone_app
 from helpers import (
     DEVICE_GRANT,

@@ -15,6 +15,7 @@ import time
 import jwt
 import pytest
 import requests
+
 from helpers import QR_GRANT, approved_ticket, pkce
 
 

@@ -14,6 +14,9 @@ import tempfile
 from urllib.parse import urlsplit
 
 import click
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
 from qr_oidc.keys import KeyError_
 from qr_oidc.keys.keyset import ALGORITHMS
 from qr_oidc.keys.rotation import NotReady, remove_expired, rotate
@@ -36,23 +39,21 @@ from qr_oidc.provider.storage.ratelimit import parse_limit
 from qr_oidc.provider.web.app import create_app
 from qr_oidc.provider.web.demo import prepare
 from qr_oidc.provider.web.sessions import end_all
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
 GRANT_TYPES = ["authorization_code", "refresh_token", DEVICE_GRANT_TYPE, QR_GRANT_TYPE]
 DEFAULT_SCOPE = "openid profile email offline_access"
 
 
-def _settings(**overrides) -> dict:
+def _settings(**overrides) -> config.Settings:
     try:
         return config.load({k: v for k, v in overrides.items() if v is not None})
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def _database(settings: dict, prepare: bool = True):
+def _database(settings: config.Settings, prepare: bool = True):
     try:
-        database = Database(settings["DATABASE_URL"])
+        database = Database(settings.database_url)
         if prepare:
             database.prepare()
     except SchemaBehind as exc:
@@ -88,9 +89,9 @@ def _configure_logging(level: str) -> None:
     access.propagate = False
 
 
-def _build_app(settings_overrides: dict):
+def _build_app(settings: config.Settings):
     try:
-        return create_app(settings_overrides)
+        return create_app(settings)
     except (config.ConfigError, KeyError_, SchemaBehind) as exc:
         raise click.ClickException(str(exc)) from None
     except SQLAlchemyError as exc:
@@ -124,13 +125,12 @@ def main(argv=None) -> None:
 def serve(host, port, workers, threads):
     """Run the provider with a production WSGI server."""
     settings = _settings(host=host, port=port, workers=workers, threads=threads)
-    _configure_logging(settings["LOG_LEVEL"])
-    overrides = {k: settings[k] for k in ("HOST", "PORT", "WORKERS", "THREADS", "ISSUER")}
-    app = _build_app(overrides)
-    click.echo(f"qr-oidc: issuer {settings['ISSUER']}, listening on "
-               f"http://{settings['HOST']}:{settings['PORT']}", err=True)
-    run(app, settings["HOST"], settings["PORT"], settings["WORKERS"], settings["THREADS"],
-        int(settings["LONG_POLL_MAX"]))
+    _configure_logging(settings.log_level)
+    app = _build_app(settings)
+    click.echo(f"qr-oidc: issuer {settings.issuer}, listening on "
+               f"http://{settings.host}:{settings.port}", err=True)
+    run(app, settings.host, settings.port, settings.workers, settings.threads,
+        settings.long_poll_max)
 
 
 @cli.command()
@@ -144,18 +144,16 @@ def demo(host, port, database_url):
         folder = tempfile.mkdtemp(prefix="qr-oidc-demo-")
         database_url = f"sqlite:///{folder}/demo.db"
     settings = _settings(host=host, port=port, database_url=database_url)
-    _configure_logging(settings["LOG_LEVEL"])
-    overrides = {k: settings[k] for k in ("HOST", "PORT", "ISSUER", "DATABASE_URL")}
-    overrides["DEMO"] = True
-    app = _build_app(overrides)
+    _configure_logging(settings.log_level)
+    app = _build_app(settings.replace(demo=True))
     info = prepare(app)
-    issuer = settings["ISSUER"]
+    issuer = settings.issuer
     click.echo(f"demo: {issuer}/demo")
     click.echo(f"phone: {issuer}/phone")
     click.echo(f"Sign in on the phone page as {info['username']} / {info['password']}.", err=True)
     sys.stdout.flush()
-    run(app, settings["HOST"], settings["PORT"], 1, settings["THREADS"],
-        int(settings["LONG_POLL_MAX"]))
+    run(app, settings.host, settings.port, 1, settings.threads,
+        settings.long_poll_max)
 
 
 # -- database --------------------------------------------------------------------------------------
@@ -453,19 +451,19 @@ def keys_rotate(alg, force):
     database = _database(settings)
     for name in [alg] if alg else ALGORITHMS:
         try:
-            kid = rotate(database, name, settings["KEY_PASSPHRASE"],
+            kid = rotate(database, name, settings.key_passphrase,
                          min_published=0 if force else min_publication(settings))
         except NotReady as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"{name}: {kid or 'rotated meanwhile by another instance'} signs now")
-    click.echo(f"running instances sign with the new keys within {settings['KEY_REFRESH']} s")
+    click.echo(f"running instances sign with the new keys within {settings.key_refresh} s")
 
 
 @keys.command("retire")
 def keys_retire():
     """Remove retired keys once every token they signed has expired."""
     settings = _settings()
-    longest = max(int(settings["ACCESS_TOKEN_TTL"]), int(settings["ID_TOKEN_TTL"]))
+    longest = max(settings.access_token_ttl, settings.id_token_ttl)
     removed = remove_expired(_database(settings), longest)
     click.echo(f"removed {removed} retired key(s)")
 

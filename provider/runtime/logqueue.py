@@ -66,7 +66,7 @@ class BackgroundHandler(logging.Handler):
                         "name": "qr_oidc.access", "levelno": logging.WARNING,
                         "levelname": "WARNING", "args": (dropped,),
                         "msg": "%d access log lines dropped: the log could not keep up"}))
-            except Exception:  # noqa: BLE001 - never let the writer die: the queue would fill
+            except Exception:
                 pass
             if record is None:
                 return

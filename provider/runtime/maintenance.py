@@ -11,6 +11,7 @@ import threading
 from qr_oidc.grants.authorization_code import purge_redeemed
 from qr_oidc.keys.keyset import ALGORITHMS
 from qr_oidc.keys.rotation import NotReady, due, remove_expired, rotate
+from qr_oidc.provider.settings import Settings
 from qr_oidc.provider.storage.notify import purge_events
 from qr_oidc.provider.web.sessions import purge as purge_sessions
 
@@ -26,30 +27,30 @@ def run_once(parts) -> None:
     purge_events(parts.db)
     purge_sessions(parts.db)
     purge_redeemed(parts.db)
-    period = int(settings["KEY_ROTATION_PERIOD"])
+    period = settings.key_rotation_period
     if period:
         for alg in ALGORITHMS:
             if due(parts.db, alg, period):
                 try:
-                    kid = rotate(parts.db, alg, settings["KEY_PASSPHRASE"],
+                    kid = rotate(parts.db, alg, settings.key_passphrase,
                                  min_published=min_publication(settings))
                 except NotReady:
                     continue
                 if kid:
                     log.info("rotated %s: %s signs now", alg, kid)
-    longest = max(int(settings["ACCESS_TOKEN_TTL"]), int(settings["ID_TOKEN_TTL"]))
+    longest = max(settings.access_token_ttl, settings.id_token_ttl)
     removed = remove_expired(parts.db, longest)
     if removed:
         log.info("removed %d retired keys", removed)
 
 
-def min_publication(settings: dict) -> float:
+def min_publication(settings: Settings) -> float:
     """How long a next key must be published before it may sign: longer than any JWKS cache."""
-    return int(settings["JWKS_MAX_AGE"]) + 2 * int(settings["KEY_REFRESH"])
+    return settings.jwks_max_age + 2 * settings.key_refresh
 
 
 def start(parts) -> threading.Thread:
-    interval = max(1, int(parts.settings["MAINTENANCE_INTERVAL"]))
+    interval = max(1, parts.settings.maintenance_interval)
     stop = threading.Event()
 
     def loop():

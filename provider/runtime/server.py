@@ -20,11 +20,12 @@ import resource
 import sys
 
 from gunicorn.app.base import BaseApplication
-from qr_oidc.provider.runtime.maintenance import start as start_maintenance
-from qr_oidc.provider.web.events import EventApp
 from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
+
+from qr_oidc.provider.runtime.maintenance import start as start_maintenance
+from qr_oidc.provider.web.events import EventApp
 
 
 def _raise_open_files() -> None:

@@ -13,10 +13,11 @@ import os
 import stat
 import threading
 
-from qr_oidc.provider.storage import migrate
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, scoped_session, sessionmaker
+
+from qr_oidc.provider.storage import migrate
 
 log = logging.getLogger("qr_oidc.db")
 

@@ -15,10 +15,11 @@ from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin
 from authlib.oauth2.rfc6749.util import scope_to_list
-from qr_oidc.provider.security import secret_matches
-from qr_oidc.provider.storage.db import Base
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
+
+from qr_oidc.provider.security import secret_matches
+from qr_oidc.provider.storage.db import Base
 
 QR_GRANT_TYPE = "urn:qr-oidc:params:oauth:grant-type:qr-ticket"
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]{1,100}$")  # RFC 6749 §3.3

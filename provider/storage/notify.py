@@ -21,8 +21,9 @@ import logging
 import threading
 import time
 
-from qr_oidc.provider.storage.models import TicketEvent
 from sqlalchemy import delete, func, insert, select, text
+
+from qr_oidc.provider.storage.models import TicketEvent
 
 CHANNEL = "qr_oidc_tickets"
 log = logging.getLogger("qr_oidc.notify")

@@ -25,10 +25,12 @@ import math
 import time
 from dataclasses import dataclass
 
-from qr_oidc.provider.storage.models import RateCounter
 from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from qr_oidc.provider.settings import Settings
+from qr_oidc.provider.storage.models import RateCounter
 
 LIMIT_NAMES = {
     "ticket_client": "RATE_TICKET_CLIENT",
@@ -76,15 +78,15 @@ class TooManyRequests(Exception):
 
 
 class RateLimiter:
-    def __init__(self, db, settings: dict):
+    def __init__(self, db, settings: Settings):
         self.db = db
-        self.namespace = settings["ISSUER"]
-        self.limits = {kind: parse_limit(name, settings[name]) for kind, name in LIMIT_NAMES.items()}
+        self.namespace = settings.issuer
+        self.limits = {kind: parse_limit(name, settings.rate(name)) for kind, name in LIMIT_NAMES.items()}
         self.redis = None
-        if settings.get("REDIS_URL"):
+        if settings.redis_url:
             import redis
 
-            self.redis = redis.Redis.from_url(settings["REDIS_URL"], socket_timeout=2)
+            self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
 
     def _window(self, limit: Limit, at: float) -> tuple[int, float]:
         index = int(at // limit.window)

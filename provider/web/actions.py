@@ -12,10 +12,11 @@ is an ``Answer``: status, JSON body and extra headers; errors carry ``{"error",
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from authlib.oauth2 import OAuth2Error
+
 from qr_oidc.grants.access_tokens import BearerError, authenticate_bearer
 from qr_oidc.grants.tickets import TicketError
 from qr_oidc.provider.security import digest, normalize_user_code

@@ -8,6 +8,12 @@ import time
 from dataclasses import dataclass
 
 from flask import Flask, g, jsonify, render_template, request
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
 from qr_oidc.grants import register as register_grants
 from qr_oidc.grants.tickets import Tickets
 from qr_oidc.grants.token_core import TokenCore
@@ -21,11 +27,6 @@ from qr_oidc.provider.storage.ratelimit import RateLimiter
 from qr_oidc.provider.web import cors, csrf, demo, headers, http, pages
 from qr_oidc.provider.web.body import MAX_BODY, BodyLimit
 from qr_oidc.provider.web.oauth import Server
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 log = logging.getLogger("qr_oidc")
 access_log = logging.getLogger("qr_oidc.access")
@@ -35,7 +36,7 @@ access_log = logging.getLogger("qr_oidc.access")
 class Parts:
     """What the endpoints and grants share; ``app.extensions['qr_oidc']``."""
 
-    settings: dict
+    settings: config.Settings
     db: Database
     keys: KeyStore
     notifier: LocalNotifier
@@ -46,35 +47,39 @@ class Parts:
     core: object = None  # the token core of the ticket grants (grants/token_core.py)
 
 
-def create_app(overrides: dict | None = None) -> Flask:
-    settings = config.load(overrides)
+def create_app(overrides: config.Settings | dict | None = None) -> Flask:
+    """The Flask app, with everything the endpoints share in ``app.extensions['qr_oidc']``.
+
+    ``overrides``: settings already parsed (the CLI's), or names and values laid over the
+    environment's (tests)."""
+    settings = overrides if isinstance(overrides, config.Settings) else config.load(overrides)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.json.sort_keys = False
 
-    database = Database(settings["DATABASE_URL"], int(settings["DB_POOL_SIZE"]),
-                        int(settings["DB_MAX_OVERFLOW"]), int(settings["DB_FAST_POOL_SIZE"]),
-                        float(settings["DB_POOL_TIMEOUT"]))
+    database = Database(settings.database_url, settings.db_pool_size,
+                        settings.db_max_overflow, settings.db_fast_pool_size,
+                        settings.db_pool_timeout)
     database.prepare()
     database.init_app(app)
 
-    keys = KeyStore(database, passphrase=settings["KEY_PASSPHRASE"],
-                    refresh_seconds=float(settings["KEY_REFRESH"]))
+    keys = KeyStore(database, passphrase=settings.key_passphrase,
+                    refresh_seconds=settings.key_refresh)
     keys.ensure()
     keys.check_startup()
 
-    app.secret_key = settings["SECRET_KEY"] or _shared_secret(database,
-                                                                  settings["KEY_PASSPHRASE"])
-    notifier = LocalNotifier(recheck=float(settings["LONG_POLL_RECHECK"]))
+    app.secret_key = settings.secret_key or _shared_secret(database,
+                                                                  settings.key_passphrase)
+    notifier = LocalNotifier(recheck=settings.long_poll_recheck)
     parts = Parts(settings=settings, db=database, keys=keys, notifier=notifier)
     parts.tickets = Tickets(database, settings, notifier, secret=app.secret_key)
     parts.core = TokenCore(settings, keys, parts.tickets)
     parts.limiter = RateLimiter(database, settings)
     # (the issuer is bound in: another deployment sharing the secret cannot open these)
-    parts.codes = seal.Sealer(app.secret_key, f"authorization code {settings['ISSUER']}")
+    parts.codes = seal.Sealer(app.secret_key, f"authorization code {settings.issuer}")
     app.extensions["qr_oidc"] = parts
 
-    secure = settings["ISSUER"].startswith("https://")
+    secure = settings.secure
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -82,7 +87,7 @@ def create_app(overrides: dict | None = None) -> Flask:
         # on https the __Host- prefix: Secure, Path=/, no Domain, so no sibling host can set it
         SESSION_COOKIE_NAME="__Host-qr_oidc_session" if secure else "qr_oidc_session",
         SESSION_COOKIE_PATH="/",
-        PERMANENT_SESSION_LIFETIME=int(settings["SESSION_LIFETIME"]),
+        PERMANENT_SESSION_LIFETIME=settings.session_lifetime,
     )
 
     parts.server = Server(app, parts)
@@ -91,7 +96,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.register_blueprint(http.bp)
     cors.init_app(app)
     app.register_blueprint(pages.bp)
-    if settings.get("DEMO"):
+    if settings.demo:
         app.register_blueprint(demo.bp)
     _install_error_handlers(app)
     _install_access_log(app)
@@ -99,8 +104,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     headers.init_app(app, secure)
     # WSGI middleware, innermost first: the body limit, the proxy headers
     app.wsgi_app = BodyLimit(app.wsgi_app, secure=secure)
-    if int(settings["TRUSTED_PROXIES"]):
-        hops = int(settings["TRUSTED_PROXIES"])
+    if settings.trusted_proxies:
+        hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     return app
 

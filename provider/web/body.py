@@ -16,8 +16,9 @@ from urllib.parse import parse_qsl
 
 from authlib.oauth2.rfc6749 import InvalidRequestError
 from flask import g
-from qr_oidc.provider.web.headers import security_headers
 from werkzeug.datastructures import MultiDict
+
+from qr_oidc.provider.web.headers import security_headers
 
 MAX_BODY = 64 * 1024
 

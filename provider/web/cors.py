@@ -15,6 +15,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from flask import Response, current_app, request
+
 from qr_oidc.grants import client_auth
 from qr_oidc.provider.storage.models import Client
 from qr_oidc.provider.web.body import body_params

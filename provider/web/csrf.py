@@ -14,8 +14,9 @@ endpoints), so a cross-site request carries nothing to abuse there.
 from __future__ import annotations
 
 from flask import current_app, render_template, request, session
-from qr_oidc.provider.security import constant_equals, new_secret
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from qr_oidc.provider.security import constant_equals, new_secret
 
 HTML_BLUEPRINTS = frozenset({"pages", "demo"})
 EXEMPT = frozenset({"pages.authorize"})  # an authorization request sent as a form (see above)

@@ -8,10 +8,11 @@ and confirms tickets through the browser confirmation screen, as a phone without
 from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template
+from sqlalchemy import select
+
 from qr_oidc.provider.security import hash_password, new_id
 from qr_oidc.provider.storage.models import QR_GRANT_TYPE, Client, User
 from qr_oidc.provider.web.pages import current_user
-from sqlalchemy import select
 
 bp = Blueprint("demo", __name__, template_folder="templates")
 
@@ -22,7 +23,7 @@ DEMO_CLIENT_ID = "demo-web"
 def prepare(app) -> dict:
     """Create the demo user and client once; return how to sign in."""
     parts = app.extensions["qr_oidc"]
-    issuer = parts.settings["ISSUER"]
+    issuer = parts.settings.issuer
     with parts.db.session_factory() as session:
         if session.scalar(select(User.id).where(User.username == DEMO_USER["username"])) is None:
             session.add(User(
@@ -43,10 +44,10 @@ def prepare(app) -> dict:
 @bp.get("/demo")
 def demo_page():
     return render_template("demo.html", client_id=DEMO_CLIENT_ID,
-                           issuer=current_app.extensions["qr_oidc"].settings["ISSUER"])
+                           issuer=current_app.extensions["qr_oidc"].settings.issuer)
 
 
 @bp.get("/phone")
 def phone_page():
     return render_template("phone.html", user=current_user(),
-                           issuer=current_app.extensions["qr_oidc"].settings["ISSUER"])
+                           issuer=current_app.extensions["qr_oidc"].settings.issuer)

@@ -37,6 +37,9 @@ from dataclasses import dataclass
 
 from a2wsgi.wsgi import build_environ
 from authlib.oauth2 import OAuth2Error
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.middleware.proxy_fix import ProxyFix
+
 from qr_oidc.grants import client_auth
 from qr_oidc.grants.token_core import CREDENTIAL
 from qr_oidc.provider.audit import PEER
@@ -46,8 +49,6 @@ from qr_oidc.provider.web import actions, cors
 from qr_oidc.provider.web.body import MAX_BODY, TOO_LARGE, parse_body
 from qr_oidc.provider.web.headers import security_headers
 from qr_oidc.provider.web.oauth import error_triple
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 log = logging.getLogger("qr_oidc.events")
 access_log = logging.getLogger("qr_oidc.access")
@@ -170,25 +171,25 @@ class EventApp:
         self.flask_app, self.parts = flask_app, parts
         # what the runtime starts beside the event loop once it runs (maintenance)
         self.on_start = list(on_start)
-        self.flask_threads = max(1, int(settings["THREADS"]))
-        self.db_threads = max(1, int(settings["DB_FAST_POOL_SIZE"]))
+        self.flask_threads = max(1, settings.threads)
+        self.db_threads = max(1, settings.db_fast_pool_size)
         # three pools, so that no kind of work queues behind another: Flask's requests, the
         # token polls and the phone's actions, and the long polls' reads
         self.flask_pool: ThreadPoolExecutor | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.status_pool: ThreadPoolExecutor | None = None
         self.clients = ClientCache(parts.tickets)
-        self.secure = settings["ISSUER"].startswith("https://")
+        self.secure = settings.secure
         self.json_headers = [(k.encode(), v.encode())
                              for k, v in security_headers("application/json", self.secure)]
-        self.long_poll_max = float(settings["LONG_POLL_MAX"])
-        self.per_ticket = int(settings["LONG_POLLS_PER_TICKET"])
-        self.limit = int(settings["LONG_POLL_LIMIT"])
+        self.long_poll_max = settings.long_poll_max
+        self.per_ticket = settings.long_polls_per_ticket
+        self.limit = settings.long_poll_limit
         self.watches: dict[str, Watch] = {}
         self._paced: dict[str, float] = {}  # address -> when its last unheld answer is due
         self.held = 0
         self.stopping = False
-        hops = int(settings["TRUSTED_PROXIES"])
+        hops = settings.trusted_proxies
         # the address behind trusted proxies: werkzeug's rule, as Flask's side applies it
         self._proxy = ProxyFix(lambda environ, _start: environ, x_for=hops, x_proto=hops) \
             if hops else None
@@ -230,7 +231,7 @@ class EventApp:
             if message["type"] == "lifespan.startup":
                 try:
                     self.start()
-                except Exception as exc:  # noqa: BLE001 - say why the worker cannot start
+                except Exception as exc:
                     log.error("could not start: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return

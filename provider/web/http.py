@@ -24,6 +24,9 @@ from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Blueprint, Response, current_app, jsonify, request
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
 from qr_oidc.grants.access_tokens import (
     ACCESS_TOKEN_ALGS,
     BearerError,
@@ -45,8 +48,6 @@ from qr_oidc.provider.storage.ratelimit import TooManyRequests
 from qr_oidc.provider.web import actions
 from qr_oidc.provider.web.body import body_params
 from qr_oidc.provider.web.oauth import BodyRequest
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
 bp = Blueprint("api", __name__)
 
@@ -85,7 +86,7 @@ def json_response(body: dict, status: int = 200) -> Response:
 
 
 def url(path: str) -> str:
-    return parts().settings["ISSUER"] + path
+    return parts().settings.issuer + path
 
 
 # -- discovery ---------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def discovery():
     p = parts()
     algs = p.keys.algorithms()
     body = {
-        "issuer": p.settings["ISSUER"],
+        "issuer": p.settings.issuer,
         "authorization_endpoint": url("/authorize"),
         "token_endpoint": url("/token"),
         "userinfo_endpoint": url("/userinfo"),
@@ -146,7 +147,7 @@ def discovery():
 def jwks():
     response = jsonify(parts().keys.jwks())
     # shorter than the time a next key is published before it signs (keys/rotation.py)
-    response.headers["Cache-Control"] = f"public, max-age={int(parts().settings['JWKS_MAX_AGE'])}"
+    response.headers["Cache-Control"] = f"public, max-age={parts().settings.jwks_max_age}"
     response.headers["Access-Control-Allow-Origin"] = "*"
     return response
 
@@ -278,7 +279,7 @@ def introspect():
         "token_type": "Bearer" if kind == "access_token" else "refresh_token",
         "exp": int(expires) if expires else None,
         "iat": int(row.issued_at),
-        "iss": p.settings["ISSUER"],
+        "iss": p.settings.issuer,
         "jti": row.jti if kind == "access_token" else None,
     }
     if user is not None:
@@ -455,7 +456,7 @@ def ticket_status():
         data = body_params(request)
     except OAuth2Error as exc:
         return oauth_error(exc)
-    asked = actions.status_request(data, float(parts().settings["LONG_POLL_MAX"]))
+    asked = actions.status_request(data, parts().settings.long_poll_max)
     if isinstance(asked, actions.Answer):
         return respond(asked)
     return respond(actions.status_answer(actions.read_status(parts(), asked.ticket)))

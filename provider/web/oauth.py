@@ -19,6 +19,7 @@ from authlib.oauth2 import OAuth2Request
 from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import current_app
 from flask import request as flask_request
+
 from qr_oidc.grants import client_auth
 from qr_oidc.grants.access_tokens import new_access_token, token_row
 from qr_oidc.grants.token_core import check_resource
@@ -148,4 +149,4 @@ def error_triple(error) -> tuple[int, dict, list]:
 
 
 def issuer() -> str:
-    return current_app.extensions["qr_oidc"].settings["ISSUER"]
+    return current_app.extensions["qr_oidc"].settings.issuer

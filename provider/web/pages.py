@@ -45,6 +45,8 @@ from flask import (
     session,
     url_for,
 )
+from sqlalchemy import select
+
 from qr_oidc.grants.tickets import TicketError
 from qr_oidc.provider.audit import audit, flush_after_commit
 from qr_oidc.provider.security import (
@@ -60,7 +62,6 @@ from qr_oidc.provider.web import sessions
 from qr_oidc.provider.web.actions import find_by_user_code
 from qr_oidc.provider.web.headers import allow_form_target
 from qr_oidc.provider.web.http import qr_content
-from sqlalchemy import select
 
 bp = Blueprint("pages", __name__, template_folder="templates")
 
@@ -337,7 +338,7 @@ def _params_of(query) -> dict:
 
 def kept_request(params: dict) -> OAuth2Request:
     """An authorization request the provider holds (not the browser's), as Authlib takes it."""
-    uri = parts().settings["ISSUER"] + "/authorize?" + urlencode(params)
+    uri = parts().settings.issuer + "/authorize?" + urlencode(params)
     kept = OAuth2Request("GET", uri)
     kept.payload = BasicOAuth2Payload(params)
     return kept
@@ -351,7 +352,7 @@ def _login_page(grant, qr: dict | None = None, status: int = 200):
     query = _query_of(grant.request.payload.data)
     return render_template("login.html", next=url_for("pages.authorize") + "?" + query,
                            error=None, client=grant.client, request_query=query, qr=qr,
-                           issuer=parts().settings["ISSUER"]), status
+                           issuer=parts().settings.issuer), status
 
 
 @bp.post("/authorize/ticket")
@@ -384,7 +385,7 @@ def authorize_ticket():
         auth_request=params)
     flows = [f for f in session.get("qr_flows", []) if isinstance(f, str)]
     session["qr_flows"] = [digest(new.row.id), *flows][:MAX_FLOWS]
-    issuer = p.settings["ISSUER"]
+    issuer = p.settings.issuer
     body = {
         "ticket": new.ticket,
         "qr_content": qr_content(new.scan_code),

@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass
 
 from flask import current_app, g, session
+from sqlalchemy import delete, update
+
 from qr_oidc.provider.security import digest, new_secret
 from qr_oidc.provider.storage.models import BrowserSession, User
-from sqlalchemy import delete, update
 
 SEEN_REFRESH = 60  # at most, seconds between refreshes of the cookie's last-request time
 
@@ -56,7 +57,7 @@ def start(user_id: int, amr: str, auth_time: float | None = None) -> None:
     sid = new_secret()
     database.session.add(BrowserSession(
         id=digest(sid), user_id=user_id, amr=amr, auth_time=auth_time or at, created_at=at,
-        expires_at=at + int(settings["SESSION_LIFETIME"])))
+        expires_at=at + settings.session_lifetime))
     database.session.commit()
     session.clear()
     session["sid"] = sid
@@ -79,7 +80,7 @@ def _lookup() -> SignedIn | None:
         return None
     at = time.time()
     seen = session.get("seen")
-    idle = int(_settings()["SESSION_IDLE"])
+    idle = _settings().session_idle
     record = None
     if isinstance(seen, int) and at - seen <= idle:
         record = _db().session.get(BrowserSession, digest(sid))

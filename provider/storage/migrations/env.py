@@ -1,6 +1,7 @@
 """Alembic environment: runs on the connection qr-oidc hands it (provider/storage/migrate.py)."""
 
 from alembic import context
+
 from qr_oidc.provider.storage import models  # noqa: F401  (registers the tables)
 from qr_oidc.provider.storage.db import Base
 
