@@ -263,7 +263,7 @@ class Bench:
             issue_rounds.append({"runs": runs, "raw": raw, "joserfc": jose})
         issuance = summarize_issuance(issue_rounds, levels, ours_per_run, node_per_run)
 
-        # -- 4: approval-to-page (idle) -------------------------------------------------------------
+        # -- 4: approval-to-page (idle) ------------------------------------------------------------
         self.log(f"approval-to-page ({a.rounds} x {a.samples} samples)")
         token = approval.sign_in_phone(small.url, people["phone"], people["username"],
                                        people["password"])
@@ -274,7 +274,7 @@ class Bench:
                 small.url, token, tickets[r * a.samples:(r + 1) * a.samples]))
         to_page = summarize_approval(approval_rounds)
 
-        # -- 5: memory, idle after the load ---------------------------------------------------------
+        # -- 5: memory, idle after the load --------------------------------------------------------
         time.sleep(1.0)
         mem = {"small": [servers.memory(pid) for pid in small.workers()],
                "large": [servers.memory(pid) for pid in large.workers()]}
@@ -291,7 +291,7 @@ class Bench:
             server.stop()
         large_db["engine"].dispose()
 
-        # -- 6: long polls (fresh servers over the small database) ----------------------------------
+        # -- 6: long polls (fresh servers over the small database) ---------------------------------
         def start_server(label: str) -> servers.Server:
             server = self.serve(label, small_db["url"], QR_OIDC_RATE_TICKET_CLIENT="off")
             server.start()
@@ -408,7 +408,7 @@ def summarize_approval(approval_rounds: list[dict]) -> dict:
         "after_response_p99_ms": report.percentile(pooled("after_approve_response_ms"), 99),
         "approve_round_trip_p50_ms": report.median(pooled("approve_round_trip_ms")),
         "baseline_p50_ms": report.median(per_round_base),
-        "ratio": report.median([u / b for u, b in zip(upper, per_round_base)]),
+        "ratio": report.median([u / b for u, b in zip(upper, per_round_base, strict=True)]),
         "count": len(pooled("after_approve_request_ms")),
         "measured_from": "approve request sent (upper bound); after_response_*: from the "
                          "approve response received (negative: the page knew first)",

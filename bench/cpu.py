@@ -227,7 +227,8 @@ def report(db: str, r: dict) -> str:
                  f" ({f['machine_busy_cores']:.2f} of {os.cpu_count()} cores)")
         lines.append(line)
     issue = ul["issue"]
-    lines.append(f"  the server's CPU per issuance is {issue['server_ms_per_request'] / ip['issue_cpu_ms']:.1f}"
+    per_issuance = issue['server_ms_per_request'] / ip['issue_cpu_ms']
+    lines.append(f"  the server's CPU per issuance is {per_issuance:.1f}"
                  f" x the in-process CPU; issued/s vs one core's signing: "
                  f"{issue['rate'] * ip['sign_pair_ms'] / 1000:.2f}")
     return "\n".join(lines)

@@ -8,8 +8,9 @@ Needs ``py-spy`` (``.venv/bin/pip install py-spy``; not a dependency of qr-oidc)
 samples the worker with ``--gil`` (only the thread holding the GIL: with one worker the GIL is
 what every request queues for, so this is the serial cost per request) and without it (every
 thread that is not idle, so also time in C with the GIL released: SQLite, libpq, OpenSSL, socket
-I/O). The buckets name the event path's parts (provider/web/events.py, grants/token_core.py). It prints, for each, the inclusive share of samples of the parts of a request named in
-BUCKETS, and the functions with the most samples of their own.
+I/O). The buckets name the event path's parts (provider/web/events.py, grants/token_core.py).
+It prints, for each, the inclusive share of samples of the parts of a request named in BUCKETS,
+and the functions with the most samples of their own.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def summarize(raw_file: Path, top: int = 20) -> str:
             if rx.search(leaf):
                 across[name] += count
         own[re.sub(r":\d+\)$", ")", leaf)] += count
-    pct = lambda n: f"{100 * n / max(total, 1):5.1f}%"
+    def pct(n: int) -> str:
+        return f"{100 * n / max(total, 1):5.1f}%"
     out = [f"{total} samples; where they are (first match):"]
     out += [f"  {pct(buckets[name])}  {name}" for name, _ in compiled if buckets[name]]
     out.append("  across those:")

@@ -119,10 +119,12 @@ def authenticate_bearer(parts, header: str | None,
     if not isinstance(exp, (int, float)) or exp <= time.time():
         raise BearerError("invalid_token", 401, "The access token has expired.")
     jti = claims.get("jti")
-    row = parts.db.session.query(Token).filter_by(jti=jti).one_or_none() if isinstance(jti, str) else None
+    row = (parts.db.session.query(Token).filter_by(jti=jti).one_or_none()
+           if isinstance(jti, str) else None)
     if row is None or row.revoked:
         raise BearerError("invalid_token", 401, "The access token has been revoked.")
     if required_scope and required_scope not in (scope_to_list(row.scope) or []):
-        raise BearerError("insufficient_scope", 403, f"The access token lacks scope {required_scope}.")
+        raise BearerError("insufficient_scope", 403,
+                          f"The access token lacks scope {required_scope}.")
     user = parts.db.session.get(User, row.user_id) if row.user_id else None
     return claims, row, user

@@ -44,7 +44,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return row
 
     def authenticate_user(self, refresh_token):
-        return self.parts.db.session.get(User, refresh_token.user_id) if refresh_token.user_id else None
+        if not refresh_token.user_id:
+            return None
+        return self.parts.db.session.get(User, refresh_token.user_id)
 
     def revoke_old_credential(self, refresh_token):
         rotated = self.parts.db.session.execute(

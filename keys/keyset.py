@@ -1,4 +1,5 @@
-"""The signing key set: made with ``cryptography`` (through joserfc), kept in the database, loaded once.
+"""The signing key set: made with ``cryptography`` (through joserfc), kept in the database,
+loaded once.
 
 Parsing a private PEM costs tens of milliseconds, a hundred times a signature, so each key is
 parsed once per process and kept by ``kid``. The set re-reads the cheap key table (kid, status) at

@@ -66,7 +66,7 @@ class Sealer:
         return value if isinstance(value, dict) else None
 
 
-# -- a secret kept in the database, encrypted with the key passphrase --------------------------------
+# -- a secret kept in the database, encrypted with the key passphrase ------------------------------
 PREFIX = "sealed:v1:"
 
 
@@ -76,7 +76,8 @@ def _passphrase_key(passphrase: str, salt: bytes) -> bytes:
 
 def seal_with_passphrase(value: str, passphrase: str) -> str:
     salt, nonce = os.urandom(16), os.urandom(12)
-    sealed = AESGCM(_passphrase_key(passphrase, salt)).encrypt(nonce, value.encode(), PREFIX.encode())
+    sealed = AESGCM(_passphrase_key(passphrase, salt)).encrypt(nonce, value.encode(),
+                                                               PREFIX.encode())
     return PREFIX + _b64(salt + nonce + sealed)
 
 

@@ -15,7 +15,6 @@ import secrets
 import string
 import threading
 
-
 # RFC 8628 §6.1: base-20, no vowels, nothing that reads alike.
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 USER_CODE_LENGTH = 8

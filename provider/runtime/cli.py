@@ -81,7 +81,8 @@ def _configure_logging(level: str) -> None:
     audit.handlers[:] = [handler]
     audit.propagate = False
     audit.setLevel(logging.INFO)
-    # the access log: a line per request, written by a thread of its own (provider/runtime/logqueue.py)
+    # the access log: a line per request, written by a thread of its own
+    # (provider/runtime/logqueue.py)
     access = logging.getLogger("qr_oidc.access")
     writer = logging.StreamHandler(sys.stderr)
     writer.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
@@ -257,7 +258,8 @@ def clients_create(name, public, first_party, number_matching, redirect_uris, gr
     for grant_type in grant_types:
         if grant_type not in GRANT_TYPES:
             raise click.BadParameter(
-                f"{grant_type!r} is not one of: {', '.join(GRANT_TYPES)}", param_hint="--grant-type")
+                f"{grant_type!r} is not one of: {', '.join(GRANT_TYPES)}",
+                param_hint="--grant-type")
     for uri in redirect_uris:
         _check_redirect_uri(uri)
     if logo_uri is not None and urlsplit(logo_uri).scheme not in ("http", "https"):

@@ -193,7 +193,8 @@ class Ticket(Base):
 
 
 class TicketEvent(Base):
-    """A ticket changed state: SQLite's stand-in for PostgreSQL's NOTIFY (provider/storage/notify.py).
+    """A ticket changed state: SQLite's stand-in for PostgreSQL's NOTIFY
+    (provider/storage/notify.py).
 
     Written in the transition's own transaction; every serving process reads the rows after the
     last one it saw, a few times a second, and wakes its long polls. Kept a minute.
@@ -309,7 +310,8 @@ class Setting(Base):
 
 
 class RateCounter(Base):
-    """One rate-limit window's counter (provider/storage/ratelimit.py); purged when the window ends."""
+    """One rate-limit window's counter (provider/storage/ratelimit.py); purged when the window
+    ends."""
 
     __tablename__ = "rate_counters"
 

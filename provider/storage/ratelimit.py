@@ -81,7 +81,8 @@ class RateLimiter:
     def __init__(self, db, settings: Settings):
         self.db = db
         self.namespace = settings.issuer
-        self.limits = {kind: parse_limit(name, settings.rate(name)) for kind, name in LIMIT_NAMES.items()}
+        self.limits = {kind: parse_limit(name, settings.rate(name))
+                       for kind, name in LIMIT_NAMES.items()}
         self.redis = None
         if settings.redis_url:
             import redis
@@ -160,6 +161,7 @@ class RateLimiter:
     def purge(self) -> int:
         """Drop finished windows (database counters; Redis expires its own)."""
         with self.db.session_factory() as session:
-            result = session.execute(delete(RateCounter).where(RateCounter.expires_at < time.time()))
+            result = session.execute(
+                delete(RateCounter).where(RateCounter.expires_at < time.time()))
             session.commit()
             return result.rowcount or 0

@@ -23,7 +23,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('key')
     )
     with op.batch_alter_table('rate_counters', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_rate_counters_expires_at'), ['expires_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_rate_counters_expires_at'), ['expires_at'],
+                              unique=False)
 
     # ### end Alembic commands ###
 
