@@ -2,11 +2,12 @@
 scan, approve and deny.
 
 Two front ends call these functions and add only HTTP: the event-driven hot path
-(``provider/web/events.py``, which ``qr-oidc serve`` runs) and Flask's routes (``provider/web/http.py``,
-the same app in process). Each function runs in a thread that may wait for the database and uses
-that thread's session (``parts.db.session``); the caller ends the session afterwards. An answer
-is an ``Answer``: status, JSON body and extra headers; errors carry ``{"error",
-"error_description"}`` as SPEC.md lists them.
+(``provider/web/events.py`` and ``longpoll.py``, which ``qr-oidc serve`` runs) and Flask's routes
+(``provider/web/tickets.py`` and ``mobile.py``, the same app in process). Each function runs
+in a thread that may wait for the database and uses that thread's session
+(``parts.db.session``); the caller ends the session afterwards. An answer is an ``Answer``:
+status, JSON body and extra headers; errors carry ``{"error", "error_description"}`` as SPEC.md
+lists them.
 """
 
 from __future__ import annotations

@@ -24,12 +24,27 @@ from qr_oidc.provider.storage.db import Database
 from qr_oidc.provider.storage.models import Setting
 from qr_oidc.provider.storage.notify import LocalNotifier
 from qr_oidc.provider.storage.ratelimit import RateLimiter
-from qr_oidc.provider.web import cors, csrf, demo, headers, http, pages
+from qr_oidc.provider.web import (
+    api,
+    confirm,
+    cors,
+    csrf,
+    demo,
+    discovery,
+    headers,
+    mobile,
+    pages,
+    tickets,
+    token,
+)
 from qr_oidc.provider.web.body import MAX_BODY, BodyLimit
 from qr_oidc.provider.web.oauth import Server
 
 log = logging.getLogger("qr_oidc")
 access_log = logging.getLogger("qr_oidc.access")
+# modules imported for the routes they add to a blueprint defined elsewhere: the api blueprint's
+# families (provider/web/api.py), and the browser confirmation pages of pages.py's blueprint
+ROUTE_MODULES = (discovery, token, tickets, mobile, confirm)
 
 
 @dataclass
@@ -93,7 +108,7 @@ def create_app(overrides: config.Settings | dict | None = None) -> Flask:
     parts.server = Server(app, parts)
     register_grants(parts.server, parts)
 
-    app.register_blueprint(http.bp)
+    app.register_blueprint(api.bp)
     cors.init_app(app)
     app.register_blueprint(pages.bp)
     if settings.demo:

@@ -35,7 +35,8 @@ def body_params(request) -> MultiDict:
 
 def parse_body(raw: bytes, mimetype: str) -> MultiDict:
     """The parameters of a body of ``mimetype`` (lowercase, without parameters), by the rules
-    above: Flask's routes and the event path (provider/web/events.py) both read bodies here."""
+    above: Flask's routes and the event path (provider/web/event_request.py) both read bodies
+    here."""
     if not raw:
         return MultiDict()
     if mimetype == "application/x-www-form-urlencoded":

@@ -1,9 +1,9 @@
 """Security headers: the one place that says what every answer carries.
 
 Flask's answers get them from one ``after_request`` hook (``init_app``); the answers made before
-Flask (the event path, provider/web/events.py; the body limit) take the same list from ``security_headers``. A page
-that posts on to a client (login, consent) names the client's redirect origin with
-``allow_form_target``; nothing else sets a policy of its own.
+Flask (the event path, provider/web/events.py; the body limit) take the same list from
+``security_headers``. A page that posts on to a client (login, consent) names the client's
+redirect origin with ``allow_form_target``; nothing else sets a policy of its own.
 """
 
 from __future__ import annotations

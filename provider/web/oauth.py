@@ -6,6 +6,8 @@
   ``jti`` (for revocation) and the SHA-256 digest of its refresh token.
 - ``save_token`` adds rows to the request's session and does not commit: the token endpoint commits
   once, after the grant has also marked its credential used.
+- ``authenticated_client``: the revocation and ticket endpoints authenticate a client as the token
+  endpoint does (grants/client_auth.py), from the body.
 """
 
 from __future__ import annotations
@@ -67,6 +69,16 @@ def requested_resource() -> str | None:
     if flask_request.endpoint != "api.token":
         return None
     return check_resource(body_params(flask_request).get("resource"))
+
+
+def authenticated_client(endpoint: str):
+    """Client authentication as at the token endpoint, from the body (form or JSON), for the
+    revocation and ticket endpoints: (the client, the body's parameters)."""
+    oauth_request = BodyRequest(flask_request)
+    client = current_app.extensions["qr_oidc"].server.authenticate_client(
+        oauth_request, ["client_secret_basic", "client_secret_post", "none"], endpoint
+    )
+    return client, oauth_request.payload.data
 
 
 class Server(AuthorizationServer):

@@ -1,5 +1,5 @@
-"""HTML pages: sign-in, the authorization endpoint (login with QR, consent), and the browser
-confirmation screen.
+"""HTML pages, the ``pages`` blueprint: sign-in, and the authorization endpoint (login with QR,
+consent); the helpers every page of the blueprint uses.
 
 The hosted sign-in is a form with inputs ``username`` and ``password``; every form carries a CSRF
 token in a hidden input, checked for every POST in one place (``provider/web/csrf.py``). No GET
@@ -14,9 +14,8 @@ is answered with that request's code, exactly as kept, and is *not* signed in at
 (the cross-device "session transfer" attack: a relayed QR must not become every login of the
 user). Only a password sign-in starts a provider session (``provider/web/sessions.py``).
 
-The confirmation screen is what the phone's browser shows when the QR is opened without the app
-(``/s/<scan_code>``) or a user code is typed (``/device``): the client, the scopes, the
-requesting IP and browser, and approve and cancel of equal weight.
+The blueprint's browser confirmation pages (a QR opened without the app, a typed user code) are
+in ``provider/web/confirm.py``.
 """
 
 from __future__ import annotations
@@ -47,11 +46,9 @@ from flask import (
 )
 from sqlalchemy import select
 
-from qr_oidc.grants.tickets import TicketError
 from qr_oidc.provider.audit import audit, flush_after_commit
 from qr_oidc.provider.security import (
     check_password,
-    constant_equals,
     digest,
     hash_password,
     new_secret,
@@ -59,9 +56,8 @@ from qr_oidc.provider.security import (
 from qr_oidc.provider.storage.models import Client, User
 from qr_oidc.provider.storage.ratelimit import TooManyRequests
 from qr_oidc.provider.web import sessions
-from qr_oidc.provider.web.actions import find_by_user_code
 from qr_oidc.provider.web.headers import allow_form_target
-from qr_oidc.provider.web.http import qr_content
+from qr_oidc.provider.web.tickets import qr_content
 
 bp = Blueprint("pages", __name__, template_folder="templates")
 
@@ -441,80 +437,3 @@ def authorize_qr():
     flush_after_commit()  # ticket.redeemed
     audit("code.issued", user_id=row.user_id, client_id=row.client_id, amr="qr", ticket=row.id)
     return response
-
-
-# -- confirmation in a browser: QR opened without the app, or a typed user code ---------------------
-@bp.route("/s/<scan_code>", methods=["GET", "POST"])
-def scanned_in_browser(scan_code: str):
-    """The QR's link. Opening it changes nothing (whoever made the ticket learns nothing of who
-    opened it): the page asks the signed-in person to continue, and only that POST scans."""
-    user = current_user()
-    if user is None:
-        return redirect(url_for("pages.login", next=request.path))
-    if request.method == "POST":
-        return _confirm_screen(scan_code=scan_code)
-    row, _code = parts().tickets.by_code(scan_code, None)
-    if row is None:
-        return error_page("unknown_code", "No login is waiting for this code.", 404)
-    status = row.public_status()
-    if status not in ("pending", "scanned"):
-        return error_page("expired" if status == "expired" else "invalid_state",
-                          "This sign-in request is no longer waiting.",
-                          410 if status == "expired" else 409)
-    client = parts().db.session.get(Client, row.client_id)
-    return render_template("continue.html", client=client, user=user, scan_code=scan_code)
-
-
-@bp.route("/device", methods=["GET", "POST"])
-def device():
-    user = current_user()
-    if user is None:
-        return redirect(url_for("pages.login", next=request.path))
-    if request.method == "GET":
-        return render_template("device.html", error=None)
-    return _confirm_screen(user_code=request.form.get("user_code", ""))
-
-
-def _confirm_screen(scan_code: str | None = None, user_code: str | None = None):
-    p = parts()
-    user = current_user()
-    if scan_code is not None:
-        row, code = p.tickets.by_code(scan_code, None)
-    else:
-        try:
-            row, code = find_by_user_code(p, user_code, user, request.remote_addr)
-        except TooManyRequests as exc:
-            return too_many_page(exc, "Too many wrong codes. Try again later.")
-    try:
-        row = p.tickets.scan(row, user)
-    except TicketError as exc:
-        if user_code is not None and exc.error == "unknown_code":
-            return render_template("device.html", error="No login is waiting for this code."), 404
-        return error_page(exc.error, exc.description, exc.status)
-    client = p.db.session.get(Client, row.client_id)
-    view = p.tickets.scan_view(row, code, client)
-    session["confirm_ticket"] = digest(row.id)
-    return render_template("confirm.html", view=view, code=code)
-
-
-@bp.post("/confirm")
-def confirm():
-    p = parts()
-    user = current_user()
-    if user is None:
-        return redirect(url_for("pages.login"))
-    code = request.form.get("user_code", "")
-    row, _ = p.tickets.by_code(None, code)
-    if row is None or not constant_equals(digest(row.id), session.get("confirm_ticket")):
-        return error_page("unknown_code", "No login is waiting for this code.", 404)
-    try:
-        if request.form.get("decision") == "approve":
-            p.tickets.approve(row, user, request.form.get("binding_code"))
-            outcome = "approved"
-        else:
-            p.tickets.deny(row, user)
-            outcome = "denied"
-    except TicketError as exc:
-        return error_page(exc.error, exc.description, exc.status)
-    session.pop("confirm_ticket", None)
-    return render_template("done.html", outcome=outcome)

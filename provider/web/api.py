@@ -1,0 +1,14 @@
+"""The JSON endpoints' one blueprint, ``api``.
+
+Its routes are added by the modules of each family: ``discovery.py`` (the discovery document,
+JWKS), ``token.py`` (token, revocation, introspection, userinfo), ``tickets.py`` (the web
+client's side of the QR and device tickets) and ``mobile.py`` (the phone's side). ``app.py``
+imports them all and registers this blueprint once, so every endpoint keeps its name
+``api.<view>`` (``cors.py`` and ``oauth.py`` name some).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+bp = Blueprint("api", __name__)

@@ -1,0 +1,35 @@
+"""The phone's side of a ticket: scan, approve and deny, with the phone app's Bearer token
+(routes of the ``api`` blueprint, provider/web/api.py).
+
+The work is provider/web/actions.py's; ``qr-oidc serve`` answers these on its event loop
+(provider/web/events.py), and these Flask routes answer them in the app alone.
+"""
+
+from __future__ import annotations
+
+from flask import request
+
+from qr_oidc.provider.web import actions
+from qr_oidc.provider.web.api import bp
+from qr_oidc.provider.web.body import body_params
+from qr_oidc.provider.web.responses import parts, respond
+
+
+def _mobile(action: str):
+    return respond(actions.mobile(parts(), action, request.headers.get("Authorization"),
+                                  lambda: body_params(request), request.remote_addr))
+
+
+@bp.post("/qr/scan")
+def scan():
+    return _mobile("scan")
+
+
+@bp.post("/qr/approve")
+def approve():
+    return _mobile("approve")
+
+
+@bp.post("/qr/deny")
+def deny():
+    return _mobile("deny")
