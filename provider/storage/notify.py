@@ -8,7 +8,7 @@ transition writes a ``ticket_events`` row in its transaction, and each serving p
 rows after the last it saw every ``SqliteWatcher.interval`` (50 ms; one indexed ``SELECT``, however
 many long polls wait), so the workers of ``--workers N`` wake each other too.
 
-The waiters are coroutines on the server's event loop (provider/web/events.py): a waiting page
+The waiters are coroutines on the server's event loop (provider/web/longpoll.py): a waiting page
 costs a future, not a thread. They also re-read the database at least every ``recheck`` seconds
 (``QR_OIDC_LONG_POLL_RECHECK``; by default only when their wait ends), as a safety net, and all
 of them re-read at once after the LISTEN connection was lost and made again.
