@@ -42,6 +42,7 @@ class QRTicketGrant(BaseGrant, TokenEndpointMixin):
 
 
 class DeviceCodeGrant(QRTicketGrant):
-    """RFC 8628 §3.4: ``grant_type=urn:ietf:params:oauth:grant-type:device_code&device_code=...``."""
+    """RFC 8628 §3.4:
+    ``grant_type=urn:ietf:params:oauth:grant-type:device_code&device_code=...``."""
 
     GRANT_TYPE = DEVICE_GRANT_TYPE

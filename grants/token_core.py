@@ -9,7 +9,7 @@ with its ticket. Two callers ask this module what to answer, and neither has a r
   the request (the in-process app, and any caller that is not the event-driven server).
 
 ``TokenCore.poll`` takes the body's parameters, a function that authenticates the client (both
-callers pass ``provider/client_auth.authenticate`` with their own client lookup) and the peer, and
+callers pass ``grants/client_auth.authenticate`` with their own client lookup) and the peer, and
 either returns the token response's body or raises the ``OAuth2Error`` to answer:
 
 1. the credential (``ticket`` / ``device_code``) is present (``invalid_request``);
@@ -28,8 +28,13 @@ either returns the token response's body or raises the ``OAuth2Error`` to answer
    row in one transaction: of concurrent polls exactly one gets tokens, the others
    ``invalid_grant``. The audit log gets ``ticket.redeemed``.
 
-The tokens are built by the functions every grant uses (``provider/oauth.new_access_token``,
-``grants/openid.id_token``, ``provider/oauth.token_row``).
+The tokens are built by the functions every grant uses (``grants/access_tokens.new_access_token``,
+``grants/openid.id_token``, ``grants/access_tokens.token_row``).
+
+The statements behind ``Tickets.record_poll``, ``load_for_poll``, ``slow_down`` and
+``redeem_with_token`` are the ticket store's (``provider/storage/tickets.py``): each one is a
+single statement (the redeem and its token row one transaction) on a raw DB-API cursor of the
+autocommit engine, since every pending poll runs at least one.
 """
 
 from __future__ import annotations
@@ -117,8 +122,9 @@ class TokenCore:
     def poll(self, grant_type: str, params: Mapping[str, str],
              authenticate: Callable[[], object]) -> dict:
         """Answer one token request of the QR or device grant: the token response's body, or
-        an ``OAuth2Error`` raised. Runs in a thread of its own (it waits for the database). ``authenticate()`` returns the authenticated client (with
-        ``client_id``, ``check_grant_type`` and ``id_token_signed_response_alg``) or raises."""
+        an ``OAuth2Error`` raised. Runs in a thread of its own (it waits for the database).
+        ``authenticate()`` returns the authenticated client (with ``client_id``,
+        ``check_grant_type`` and ``id_token_signed_response_alg``) or raises."""
         name = CREDENTIAL[grant_type]
         secret = params.get(name)
         if not secret:

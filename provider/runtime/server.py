@@ -103,7 +103,7 @@ def asgi_app(app):
     return EventApp(app, app.extensions["qr_oidc"], on_start=[start_maintenance])
 
 
-def run(app, host: str, port: int, workers: int, threads: int, long_poll_max: int) -> None:
+def run(app, host: str, port: int, workers: int, threads: int, long_poll_max: float) -> None:
     """Serve ``app`` (its settings give ``threads``, the Flask side's thread pool).
 
     One worker is one process: uvicorn's server in this process, with no supervisor (a gunicorn
@@ -121,7 +121,7 @@ def run(app, host: str, port: int, workers: int, threads: int, long_poll_max: in
         "bind": f"{host}:{port}",
         "workers": max(1, workers),
         "worker_class": "qr_oidc.provider.runtime.server.Worker",
-        "timeout": long_poll_max + 30,
+        "timeout": int(long_poll_max) + 30,
         "graceful_timeout": 5,
         "keepalive": 5,
         "accesslog": None,

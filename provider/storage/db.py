@@ -85,8 +85,9 @@ def make_autocommit_engine(url: str, pool_size: int = 10) -> Engine:
     grants/token_core.py).
 
     One round trip per statement on PostgreSQL (no ``BEGIN``/``COMMIT``, no pre-ping: a dead
-    connection is replaced when a statement finds it closed: ``Tickets._raw``); on SQLite the write
-    lock is held only inside the statement, never while a thread waits for the GIL.
+    connection is replaced when a statement finds it closed: ``TicketStore._raw``,
+    provider/storage/tickets.py); on SQLite the write lock is held only inside the statement,
+    never while a thread waits for the GIL.
     """
     # Every connection it opens is kept (opened on demand, at most ``pool_size``): one opened and
     # closed per poll under load costs more than the statement. A poll that cannot get one
