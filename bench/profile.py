@@ -35,14 +35,15 @@ BUCKETS = [
     ("redeem + token row (Tickets.redeem_with_token)", r"redeem_with_token "),
     ("on-time poll UPDATE (Tickets.record_poll)", r"record_poll "),
     ("ticket SELECT (Tickets.load_for_poll)", r"load_for_poll "),
-    ("slow_down UPDATE", r"Tickets\.slow_down "),
-    ("client authentication (clientauth, cached row)", r"clientauth\.py"),
+    ("slow_down UPDATE", r"(Tickets|TicketStore)\.slow_down "),
+    ("client authentication (client_auth, cached row)", r"client_auth\.py"),
     ("rest of the token core (TokenCore.poll)", r"TokenCore\.poll "),
     ("database thread hand-off (concurrent.futures, threading)",
      r"concurrent/futures|threading\.py"),
     ("body parse (provider/web/body.py)", r"body\.py"),
     ("answer: headers, JSON, errors (EventApp._send)", r"EventApp\._send "),
-    ("rest of the event app (EventApp)", r"EventApp\."),
+    ("rest of the event path (EventApp, TokenPolls, LongPolls, ClientCache)",
+     r"(EventApp|TokenPolls|LongPolls|ClientCache)\."),
     ("outside the app: uvicorn, httptools, uvloop (accept, parse, write)", r"."),
 ]
 
