@@ -6,6 +6,11 @@
 - ``tickets``: the ticket state machine both the grants and the mobile endpoints use
 - ``token_core``: every rule of a ticket poll and its issuance, for both token paths
 - ``openid``: the ID token, for every grant
+- ``access_tokens``: the access token made, kept and checked (for every grant and resource)
+- ``client_auth``: client authentication, the one function every endpoint and both token paths call
+
+No web framework here: the web layer (provider/web/) calls these; they reach storage
+(provider/storage/) and keys, never the other way round (tests/test_layers.py).
 """
 
 from qr_oidc.grants.authorization_code import AuthorizationCodeGrant, CodeChallenge
