@@ -43,7 +43,10 @@ def main(argv=None) -> int:
 def import_root(tree: str, folder) -> str:
     """A folder for PYTHONPATH in which ``qr_oidc`` is ``tree``'s code: the checkout's
     provider/, grants/ and keys/ under the one namespace, as pyproject.toml's package-dir maps
-    them (the installed editable finder comes after PYTHONPATH, so the variant's code wins)."""
+    them (the installed editable finder comes after PYTHONPATH, so the variant's code wins).
+    A checkout from before the namespace (top-level ``provider``) is its own import root."""
+    if not Path(tree, "qr_oidc").is_dir():
+        return tree
     root = folder / f"import-{abs(hash(tree))}"
     package = root / "qr_oidc"
     package.mkdir(parents=True, exist_ok=True)
@@ -79,7 +82,10 @@ def _variant(a, folder, sc, spec: str) -> dict:
             approved = data.insert_tickets(eng, client_id, 3000 * a.seconds, "approved", uid)
             data.write_tickets(f, approved)
             files.append(f)
-    server = servers.Server(name, [servers.QR_OIDC, "serve"], env, folder, port,
+    command = [servers.QR_OIDC, "serve"] if Path(tree, "qr_oidc").is_dir() else [
+        servers.PYTHON, "-c", f"import sys; sys.path.insert(0, {str(Path(tree).resolve())!r}); "
+        "from provider.cli import main; sys.exit(main())", "serve"]
+    server = servers.Server(name, command, env, folder, port,
                             "/.well-known/openid-configuration").start()
     return dict(server=server, auth=load.basic(people["web"]), poll=poll_file, issue=files,
                 cursor=0, eng=eng, res=[])
