@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
 import hashlib
 import json
 import os
 import re
 import secrets
+import select
 import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -25,10 +29,37 @@ DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 BIN = shutil.which("qr-oidc", path=str(Path(sys.executable).parent)) or "qr-oidc"
 
 
+def _port_block() -> range:
+    """The ports this test process hands out: below the kernel's ephemeral range (so no client
+    connection, of which the suite opens thousands, can take a port between the check here and
+    the server's bind), one block per pytest-xdist worker (so two workers never pick the same),
+    starting at a random place in it (so two runs at once on one machine seldom meet)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    low, high = 15000, 32000  # ip_local_port_range starts at 32768 by default
+    size = (high - low) // 8
+    start = low + (index % 8) * size
+    return range(start, start + size)
+
+
+_PORTS = _port_block()
+_next_port = secrets.randbelow(len(_PORTS))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on, for a server this process starts."""
+    global _next_port
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port % len(_PORTS)]
+        _next_port += 1
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 # Where PostgreSQL test databases are made: one fresh database per server, dropped afterwards.
@@ -45,9 +76,18 @@ def _pg_admin():
 
 def create_pg_database() -> str:
     """A fresh, empty PostgreSQL database; returns its SQLAlchemy URL."""
+    import psycopg
+
     name = "qr_oidc_test_" + secrets.token_hex(6)
-    with _pg_admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    for attempt in range(10):
+        try:
+            with _pg_admin() as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            break
+        except psycopg.errors.ObjectInUse:  # template1 busy: another worker is making one too
+            if attempt == 9:
+                raise
+            time.sleep(0.2 * (attempt + 1))
     base = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
     return base.replace("postgresql://", "postgresql+psycopg://", 1) + "/" + name
 
@@ -56,6 +96,121 @@ def drop_pg_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
     with _pg_admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- the operator's CLI, without paying its imports on every call ----------------------------------
+# ``qr-oidc clients create`` spends about a second of CPU importing (Flask, Authlib, SQLAlchemy,
+# Alembic, the app) before it does a few milliseconds of work, and the suite runs hundreds of such
+# commands to set up its servers. ``run_cli`` runs them in a process forked from one that has made
+# those imports once: each command is still a process of its own, with the caller's environment,
+# its own file descriptors 0/1/2, the CLI's real exit status and its atexit handlers; only the
+# import is shared. ``fork=False`` runs the installed ``qr-oidc`` script instead.
+LONG_RUNNING = {("serve",), ("demo",)}  # servers: always their own ``qr-oidc`` process
+_FORK_SERVER = r"""
+import atexit, json, os, sys, traceback
+from qr_oidc.provider.runtime.cli import main  # what the qr-oidc script imports
+
+def child(args, env, out, err):
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
+                            (1, out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                            (2, err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        opened = os.open(path, flags, 0o600)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.argv = ["qr-oidc", *args]
+    try:
+        main(args)  # what the script does: sys.exit(main())
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    try:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+for line in sys.stdin:
+    request = json.loads(line)
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        child(request["args"], request["env"], request["out"], request["err"])
+    _, status = os.waitpid(pid, 0)
+    sys.stdout.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status),
+                                 "pid": pid}) + "\n")
+    sys.stdout.flush()
+"""
+
+
+class _ForkServer:
+    """One process per test process that forks a child for each CLI command."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen | None = None
+        self.folder = Path(tempfile.mkdtemp(prefix="qr-oidc-cli-"))
+
+    def _start(self) -> subprocess.Popen:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         text=True, start_new_session=True)
+        return self.proc
+
+    def run(self, args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+        with self.lock:
+            proc = self._start()
+            out, err = self.folder / "stdout", self.folder / "stderr"
+            proc.stdin.write(json.dumps({"args": args, "env": env, "out": str(out),
+                                         "err": str(err)}) + "\n")
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], timeout)
+            if not ready:  # the command hangs: take it down with the fork server
+                os.killpg(proc.pid, 9)
+                proc.wait(10)
+                raise subprocess.TimeoutExpired([BIN, *args], timeout)
+            answer = proc.stdout.readline()
+            if not answer:
+                raise RuntimeError(f"the CLI fork server died (exit {proc.wait(10)})")
+            returncode = json.loads(answer)["returncode"]
+            return subprocess.CompletedProcess(
+                [BIN, *args], returncode, out.read_text(errors="replace"),
+                err.read_text(errors="replace"))
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_fork_server: _ForkServer | None = None
+
+
+def run_cli(args, env: dict, fork: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``qr-oidc ARGS`` with the environment ``env`` (text output captured, no standard input)."""
+    global _fork_server
+    args = [str(a) for a in args]
+    if not fork:
+        return subprocess.run([BIN, *args], env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    if _fork_server is None:
+        _fork_server = _ForkServer()
+        atexit.register(_fork_server.close)
+    return _fork_server.run(args, env, timeout)
 
 
 GENEROUS_LIMITS = {
@@ -68,7 +223,64 @@ GENEROUS_LIMITS = {
 }
 
 
-class Provider:
+class Deployment:
+    """A database of qr-oidc's and the operator's CLI pointed at it (``env``); what a server
+    process (``Provider``) and the app built in the test's own process (``InProcess``) share."""
+
+    database_url: str
+    db_path: Path
+    env: dict
+    fork_cli = True  # False: every ``cli`` call starts ``qr-oidc`` from scratch
+
+    # -- operator's CLI -----------------------------------------------------------------------
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """``qr-oidc ARGS`` with this database's environment. Short commands run in a process
+        forked from one that made the CLI's imports already (``run_cli``); ``serve`` and ``demo``,
+        and every command while ``fork_cli`` is false, run ``qr-oidc`` from scratch."""
+        result = run_cli(args, self.env, fork=self.fork_cli and args[:1] not in LONG_RUNNING)
+        if check and result.returncode != 0:
+            raise AssertionError(f"qr-oidc {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def create_client(self, *args: str) -> dict:
+        return json.loads(self.cli("clients", "create", *args, "--json").stdout)
+
+    def create_user(self, username: str, password: str, **profile) -> dict:
+        args = ["users", "create", "--username", username, "--password", password, "--json"]
+        for key, value in profile.items():
+            args += [f"--{key}", value]
+        return json.loads(self.cli(*args).stdout)
+
+    # -- direct reads of the storage (to check what the black box cannot show) -----------------
+    def db(self, sql: str, *params) -> list[tuple]:
+        """Run SQL (``?`` placeholders) on this database; returns the rows."""
+        if self.database_url.startswith("sqlite"):
+            path = self.database_url.split("sqlite:///", 1)[1]  # maybe shared with another
+            with sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=15) as conn:
+                return conn.execute(sql, params).fetchall()
+        import psycopg
+
+        url = self.database_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url, autocommit=True) as conn:
+            cursor = conn.execute(sql.replace("?", "%s"), params)
+            return cursor.fetchall() if cursor.description else []
+
+    def dump(self) -> bytes:
+        """Everything the database keeps, as bytes (to look for secrets stored in clear)."""
+        if self.database_url.startswith("sqlite"):
+            data = b""
+            for suffix in ("", "-wal", "-journal"):
+                path = self.db_path.with_name(self.db_path.name + suffix)
+                if path.exists():
+                    data += path.read_bytes()
+            return data
+        tables = [name for (name,) in self.db(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return "\n".join(str(row) for table in tables
+                          for row in self.db(f'SELECT * FROM "{table}"')).encode()
+
+
+class Provider(Deployment):
     """One ``qr-oidc serve`` process on a free port with its own database: an SQLite file, or a
     fresh PostgreSQL database (``backend="postgresql"``, or ``database_url`` to share one)."""
 
@@ -146,51 +358,6 @@ class Provider:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    # -- operator's CLI -----------------------------------------------------------------------
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([BIN, *args], env=self.env, capture_output=True, text=True,
-                                timeout=60, stdin=subprocess.DEVNULL)
-        if check and result.returncode != 0:
-            raise AssertionError(f"qr-oidc {' '.join(args)} failed: {result.stderr}")
-        return result
-
-    def create_client(self, *args: str) -> dict:
-        return json.loads(self.cli("clients", "create", *args, "--json").stdout)
-
-    def create_user(self, username: str, password: str, **profile) -> dict:
-        args = ["users", "create", "--username", username, "--password", password, "--json"]
-        for key, value in profile.items():
-            args += [f"--{key}", value]
-        return json.loads(self.cli(*args).stdout)
-
-    # -- direct reads of the storage (to check what the black box cannot show) -----------------
-    def db(self, sql: str, *params) -> list[tuple]:
-        """Run SQL (``?`` placeholders) on the server's database; returns the rows."""
-        if self.database_url.startswith("sqlite"):
-            path = self.database_url.split("sqlite:///", 1)[1]  # maybe shared with another
-            with sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=15) as conn:
-                return conn.execute(sql, params).fetchall()
-        import psycopg
-
-        url = self.database_url.replace("postgresql+psycopg://", "postgresql://")
-        with psycopg.connect(url, autocommit=True) as conn:
-            cursor = conn.execute(sql.replace("?", "%s"), params)
-            return cursor.fetchall() if cursor.description else []
-
-    def dump(self) -> bytes:
-        """Everything the database keeps, as bytes (to look for secrets stored in clear)."""
-        if self.database_url.startswith("sqlite"):
-            data = b""
-            for suffix in ("", "-wal", "-journal"):
-                path = self.db_path.with_name(self.db_path.name + suffix)
-                if path.exists():
-                    data += path.read_bytes()
-            return data
-        tables = [name for (name,) in self.db(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        return "\n".join(str(row) for table in tables
-                          for row in self.db(f'SELECT * FROM "{table}"')).encode()
-
     # -- relying party ------------------------------------------------------------------------
     def create_ticket(self, client: dict, **params) -> requests.Response:
         data = {"scope": "openid profile", **in_body(client), **params}
@@ -218,6 +385,61 @@ class Provider:
 
     def scan_code(self, ticket: dict) -> str:
         return ticket["qr_content"].rsplit("/", 1)[1]
+
+
+class InProcess(Deployment):
+    """The provider's Flask app built in the test's own process (``create_app``), on a database
+    of its own: an SQLite file, or a fresh PostgreSQL database. For logic that needs no server
+    process: ``client()`` is a browser or relying party (Flask's test client, cookies kept per
+    client), and the operator's CLI works on the same database as for a server. What crosses
+    HTTP (the event loop's hot paths, the HTTP server, several processes) stays with ``Provider``.
+
+    ``settings`` are the app's (``{"ISSUER": "https://..."}``); the CLI gets them as
+    ``QR_OIDC_*`` variables."""
+
+    def __init__(self, folder: Path, settings: dict | None = None, backend: str = "sqlite",
+                 build: bool = True):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.backend = backend
+        self.db_path = self.folder / "qr-oidc.db"
+        self.owns_database = backend == "postgresql"
+        self.database_url = (create_pg_database() if self.owns_database
+                             else f"sqlite:///{self.db_path}")
+        limits = {name.removeprefix("QR_OIDC_"): value for name, value in GENEROUS_LIMITS.items()}
+        self.settings = {**limits, **(settings or {}), "DATABASE_URL": self.database_url}
+        self.env = {**os.environ, **{f"QR_OIDC_{name}": str(value)
+                                     for name, value in self.settings.items()}}
+        self.app = None
+        if build:
+            self.build()
+
+    def build(self):
+        """Build the app (``build=False`` leaves it to the test: e.g. after the CLI has made the
+        database). What ``qr-oidc serve`` does at start happens here."""
+        from qr_oidc.provider.web.app import create_app
+
+        try:
+            self.app = create_app(self.settings)
+        except BaseException:
+            self.close()
+            raise
+        return self.app
+
+    def client(self):
+        """A new browser (or relying party): Flask's test client, with a cookie jar of its own."""
+        return self.app.test_client()
+
+    def close(self) -> None:
+        app = self.app
+        if app is not None:  # its connections go before its database does
+            database = app.extensions["qr_oidc"].db
+            for engine in (database.engine, getattr(database, "_autocommit", None)):
+                if engine is not None:
+                    engine.dispose()
+        if self.owns_database:
+            drop_pg_database(self.database_url)
+            self.owns_database = False
 
 
 def _auth(client: dict):
@@ -360,7 +582,7 @@ def approved_ticket(provider: Provider, client: dict, phone_token: str, **params
     return ticket
 
 
-# -- the hosted login page's QR, as its script (qr-login.js) drives it ------------------------------
+# -- the hosted login page's QR, as its script (qr-login.js) drives it -----------------------------
 def page_origin(page: requests.Response) -> str:
     parts = urlsplit(page.url)
     return f"{parts.scheme}://{parts.netloc}"

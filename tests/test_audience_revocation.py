@@ -23,7 +23,7 @@ def replay_alarms(provider) -> int:
     return provider.log().count("authorization code replayed")
 
 
-# -- audience ----------------------------------------------------------------------------------------
+# -- audience --------------------------------------------------------------------------------------
 def phone_tokens(provider, phone_client, **extra) -> dict:
     """The phone app's tokens (qr:approve), through the code flow; ``extra`` goes to /token."""
     _session, query, verifier = authorize(provider, phone_client, "alice", "alice-password",

@@ -264,7 +264,7 @@ def test_a_consent_approval_without_the_csrf_token_is_refused(provider, printer,
     assert "code=" not in response.headers.get("Location", "")
 
 
-# -- redirect URI matching ---------------------------------------------------------------------------
+# -- redirect URI matching -------------------------------------------------------------------------
 @pytest.mark.parametrize("which, redirect_uri", [
     ("printer", "https://printer.example/other"),
     ("printer", "https://printer.example/cb/"),
@@ -313,7 +313,7 @@ def test_a_loopback_ip_redirect_may_use_any_port(provider, phone_client, alice_b
     assert claims["sub"] == alice["sub"]
 
 
-# -- PKCE and the code ---------------------------------------------------------------------------------
+# -- PKCE and the code -----------------------------------------------------------------------------
 @pytest.mark.parametrize("change", [
     {"code_challenge": None, "code_challenge_method": None},
     {"code_challenge": None},

@@ -115,7 +115,7 @@ ALL_OPTIONAL = {"qr_ticket", "device_authorization"}
 TOLERABLE = {("json_sent_as_form", name) for name in ALL_OPTIONAL}
 
 
-# -- a server of our own ---------------------------------------------------------------------------------
+# -- a server of our own ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     own = Provider(tmp_path_factory.mktemp("bad-input"), {"QR_OIDC_POLL_INTERVAL": "1"})
@@ -219,7 +219,7 @@ def test_a_large_body_just_under_the_limit_is_read_not_refused(server, client):
     assert response.status_code == 400 and response.json()["error"] == "invalid_scope"
 
 
-# -- headers ----------------------------------------------------------------------------------------
+# -- headers ---------------------------------------------------------------------------------------
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -299,7 +299,7 @@ def test_a_bad_basic_authorization_header_gets_a_json_client_error(server, name,
         assert response.headers.get("WWW-Authenticate", "").startswith("Basic")
 
 
-# -- methods and paths -------------------------------------------------------------------------------
+# -- methods and paths -----------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
 @pytest.mark.parametrize("name", POST_ONLY)
 def test_a_post_only_endpoint_answers_other_methods_with_405(server, name, method):
@@ -350,7 +350,7 @@ def test_a_token_request_with_a_repeated_parameter_is_refused_and_uses_nothing_u
     assert good.status_code == 200, good.text
 
 
-# -- the database is unharmed ----------------------------------------------------------------------------
+# -- the database is unharmed ----------------------------------------------------------------------
 def test_a_batch_of_bad_requests_leaves_the_database_and_live_tickets_unharmed(
         server, client, phone_token):
     pending = server.ticket(client, scope="openid")
@@ -413,7 +413,7 @@ def test_a_batch_of_bad_requests_leaves_the_database_and_live_tickets_unharmed(
     assert server.poll(client, approved["ticket"]).status_code == 200
 
 
-# -- the log keeps no secrets --------------------------------------------------------------------------
+# -- the log keeps no secrets ----------------------------------------------------------------------
 def test_the_server_log_never_contains_a_ticket_code_or_token_in_play(server, client,
                                                                       phone_token):
     auth = (client["client_id"], client["client_secret"])

@@ -245,7 +245,8 @@ def test_demo_qr_scanned_by_pasting_its_content_signs_in_with_a_verified_id_toke
     alt = computer.locator("img.qrl-qr").get_attribute("alt")
     assert "QR code" in alt and ticket["user_code"] in alt
     status = computer.locator(".qrl-status")
-    assert status.get_attribute("role") == "status" and status.get_attribute("aria-live") == "polite"
+    assert status.get_attribute("role") == "status"
+    assert status.get_attribute("aria-live") == "polite"
     expect(status).to_have_text("Scan the QR code with the app to log in.")
     shot(computer, "demo-1-pending")
 
@@ -401,7 +402,8 @@ def test_an_expired_qr_is_renewed_by_itself(browser, short_demo):
                     if r.url.endswith("/qr/ticket") and r.status == 201 else None)
         computer.goto(short_demo.demo_url)
         expect(computer.locator("#demo-events li[data-callback=onExpired]").first).to_be_attached()
-        expect(computer.locator(".qrl-status")).to_have_text("The QR code expired. Here is a new one.")
+        expect(computer.locator(".qrl-status")).to_have_text(
+            "The QR code expired. Here is a new one.")
         events_arrive(computer, lambda: len(tickets) >= 2)
         assert len(tickets) >= 2
         # the QR on screen now is one of the renewed tickets, never the first one
@@ -448,8 +450,8 @@ class Callback(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def relying_party(demo):
     """A confidential client with number matching, and its loopback redirect target."""
-    client = json.loads(demo.cli("clients", "create", "--name", "Loopback shop", "--number-matching",
-                                 "--redirect-uri", "http://127.0.0.1/callback",
+    client = json.loads(demo.cli("clients", "create", "--name", "Loopback shop",
+                                 "--number-matching", "--redirect-uri", "http://127.0.0.1/callback",
                                  "--grant-type", "authorization_code", "--json"))
     server = ThreadingHTTPServer(("127.0.0.1", 0), Callback)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -470,7 +472,8 @@ def start_hosted_login(page, demo, client) -> dict:
         "code_challenge": challenge, "code_challenge_method": "S256",
     }))
     expect(page.get_by_role("heading", level=1)).to_have_text("Sign in to Loopback shop")
-    expect(page.get_by_label("Username", exact=True)).to_be_visible()  # the password form beside the QR
+    # the password form beside the QR
+    expect(page.get_by_label("Username", exact=True)).to_be_visible()
     widget_state(page, "pending", "#hosted-qr")
     return flow
 

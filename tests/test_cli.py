@@ -14,6 +14,25 @@ from helpers import DEVICE_GRANT, QR_GRANT
 ALL_GRANTS = ["authorization_code", "refresh_token", DEVICE_GRANT, QR_GRANT]
 
 
+# Commands run in a process forked from one that made the CLI's imports once (helpers.run_cli):
+# the CLI's own code, its own standard streams and exit status. These tests run the installed
+# ``qr-oidc`` script from scratch instead, so that the whole program (interpreter start, imports,
+# exit) is held to "only JSON on standard output" and "one line on standard error" too.
+FROM_SCRATCH = {
+    "test_creating_a_confidential_client_prints_only_json_with_its_id_and_secret",
+    "test_creating_a_user_prints_json_without_the_password",
+    "test_a_duplicate_username_exits_non_zero_with_one_error_line",
+    "test_keys_list_shows_an_active_and_a_next_key_for_each_algorithm",
+}
+
+
+@pytest.fixture(autouse=True)
+def as_the_operator_runs_it(request, provider):
+    provider.fork_cli = request.node.originalname not in FROM_SCRATCH
+    yield
+    provider.fork_cli = True
+
+
 def create(provider, *args: str):
     return provider.cli("clients", "create", *args, "--json", check=False)
 
@@ -135,7 +154,7 @@ def test_the_client_secret_is_stored_only_as_its_sha256_digest(provider):
     assert secret.encode() not in stored_bytes(provider)
 
 
-# -- users create ------------------------------------------------------------------------------------
+# -- users create ----------------------------------------------------------------------------------
 def test_creating_a_user_prints_json_without_the_password(provider):
     result = provider.cli("users", "create", "--username", "carol", "--password",
                           "carol-secret-pw", "--name", "Carol", "--email", "carol@example.org",

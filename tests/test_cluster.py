@@ -1,6 +1,6 @@
-"""Several instances on one PostgreSQL database: exactly-once redemption, the poll interval, realtime
-status and every transition hold across instances; a SIGKILLed instance loses nothing; 500 open
-long polls starve nothing; expired tickets are purged in the background."""
+"""Several instances on one PostgreSQL database: exactly-once redemption, the poll interval,
+realtime status and every transition hold across instances; a SIGKILLed instance loses nothing;
+500 open long polls starve nothing; expired tickets are purged in the background."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_concurrent_polls_across_instances_give_exactly_one_token_response(clust
         barrier = threading.Barrier(24)
         results, lock = [], threading.Lock()
 
-        def poll(server, as_json):
+        def poll(server, as_json, barrier=barrier, ticket=ticket, lock=lock, results=results):
             barrier.wait()
             response = server.poll(web, ticket["ticket"], as_json=as_json)
             with lock:
@@ -130,7 +130,7 @@ def _long_poll_hears_the_other_instance(a, b, web, phone, channel):
         ticket = a.ticket(web)
         answers = {}
 
-        def long_poll(last_status):
+        def long_poll(last_status, ticket=ticket, answers=answers):
             response = a.status(ticket["ticket"], wait="25", last_status=last_status)
             answers[last_status] = response.json()
 
@@ -150,7 +150,8 @@ def _long_poll_hears_the_other_instance(a, b, web, phone, channel):
         time.sleep(0.3)
         assert b.phone("approve", phone, scan_code=a.scan_code(ticket)).status_code == 200
         waiter.join(12)
-        assert not waiter.is_alive(), f"the long poll on A did not hear the approval on B ({channel})"
+        assert not waiter.is_alive(), \
+            f"the long poll on A did not hear the approval on B ({channel})"
         assert answers["scanned"]["status"] == "approved"
 
 

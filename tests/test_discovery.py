@@ -65,7 +65,7 @@ def test_the_thumbprint_helper_gives_the_rfc_7638_example_value():
     assert rfc7638_thumbprint(example) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 
 
-# -- the metadata ------------------------------------------------------------------------------------
+# -- the metadata ----------------------------------------------------------------------------------
 def test_discovery_names_the_issuer_this_server_answers_as(provider, meta):
     assert meta["issuer"] == provider.url
     assert not meta["issuer"].endswith("/")
@@ -106,7 +106,7 @@ def test_every_advertised_id_token_algorithm_has_a_published_key(meta, jwks):
     assert set(meta["id_token_signing_alg_values_supported"]) <= published
 
 
-# -- every endpoint answers with its method ------------------------------------------------------------
+# -- every endpoint answers with its method --------------------------------------------------------
 METHODS = {
     "authorization_endpoint": "GET",
     "token_endpoint": "POST",
@@ -141,7 +141,7 @@ def test_discovery_is_served_under_the_issuer(meta):
     assert again.status_code == 200 and again.json()["issuer"] == meta["issuer"]
 
 
-# -- the JWKS ------------------------------------------------------------------------------------------
+# -- the JWKS --------------------------------------------------------------------------------------
 def test_the_jwks_offers_rs256_es256_and_eddsa_keys_for_signing(jwks):
     assert {key["alg"] for key in jwks} >= {"RS256", "ES256", "EdDSA"}
     kty = {"RS256": "RSA", "ES256": "EC", "EdDSA": "OKP"}

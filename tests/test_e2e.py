@@ -30,7 +30,8 @@ def test_qr_login_end_to_end(provider, web_client, alice, alice_phone):
     # the web client asks for a ticket; the QR shows only the scan code
     nonce = "n-" + str(time.time())
     ticket = provider.ticket(web_client, scope="openid profile email", nonce=nonce)
-    assert set(ticket) >= {"ticket", "qr_content", "qr_image", "user_code", "expires_in", "interval"}
+    assert set(ticket) >= {"ticket", "qr_content", "qr_image", "user_code", "expires_in",
+                           "interval"}
     assert "binding_code" not in ticket
     assert ticket["ticket"] not in ticket["qr_content"]
     assert ticket["qr_content"].startswith(provider.url + "/")
@@ -112,7 +113,7 @@ def test_exactly_one_of_many_concurrent_polls_gets_tokens(provider, web_client, 
         lock = threading.Lock()
         started = time.time()
 
-        def poll(as_json):
+        def poll(as_json, barrier=barrier, ticket=ticket, lock=lock, results=results):
             barrier.wait()
             response = provider.poll(web_client, ticket["ticket"], as_json=as_json)
             with lock:

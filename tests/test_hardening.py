@@ -39,7 +39,7 @@ def wrong_login(server: Provider, username: str, password: str = "wrong") -> int
         "next": "/"}, allow_redirects=False, timeout=60).status_code
 
 
-# -- no request holds a connection across a password hash ---------------------------------------------
+# -- no request holds a connection across a password hash ------------------------------------------
 @pytest.fixture(params=["sqlite", "postgresql"])
 def small_pool(request, tmp_path):
     """Two database connections per process and no overflow: a request that held one through
@@ -133,7 +133,7 @@ def test_parallel_user_code_guesses_cannot_pass_the_limit_together(racy):
     assert sorted(answers) == [404] * 10 + [429] * 2
 
 
-# -- secrets at rest --------------------------------------------------------------------------------
+# -- secrets at rest -------------------------------------------------------------------------------
 def session_secret(server: Provider) -> str:
     return server.db("SELECT value FROM settings WHERE name = 'session_secret'")[0][0]
 
@@ -177,33 +177,25 @@ def test_the_session_secret_is_sealed_with_the_key_passphrase(tmp_path, backend)
         server.stop()
 
 
-def test_a_new_sqlite_database_and_its_wal_are_readable_by_their_owner_only(tmp_path):
-    server = Provider(tmp_path)
-    try:
-        server.start()
-        server.create_user("judy", "judy-password")
-        files = [server.db_path.with_name(server.db_path.name + suffix)
-                 for suffix in ("", "-wal", "-shm")]
-        assert all(f.exists() for f in files)
-        for f in files:
-            assert stat.S_IMODE(os.stat(f).st_mode) & 0o077 == 0, (f, oct(os.stat(f).st_mode))
-    finally:
-        server.stop()
+def test_a_new_sqlite_database_and_its_wal_are_readable_by_their_owner_only(make_in_process):
+    app = make_in_process()  # the app makes the database, as a server does at its start
+    app.create_user("judy", "judy-password")
+    files = [app.db_path.with_name(app.db_path.name + suffix) for suffix in ("", "-wal", "-shm")]
+    assert all(f.exists() for f in files)
+    for f in files:
+        assert stat.S_IMODE(os.stat(f).st_mode) & 0o077 == 0, (f, oct(os.stat(f).st_mode))
 
 
-def test_an_old_world_readable_database_is_narrowed_at_start(tmp_path):
-    server = Provider(tmp_path)
-    server.cli("db", "upgrade")
-    os.chmod(server.db_path, 0o644)
-    try:
-        server.start()
-        assert stat.S_IMODE(os.stat(server.db_path).st_mode) == 0o600
-        assert "was readable by others" in server.log()
-    finally:
-        server.stop()
+def test_an_old_world_readable_database_is_narrowed_at_start(make_in_process, caplog):
+    app = make_in_process(build=False)
+    app.cli("db", "upgrade")
+    os.chmod(app.db_path, 0o644)
+    app.build()  # what a server does at its start
+    assert stat.S_IMODE(os.stat(app.db_path).st_mode) == 0o600
+    assert "was readable by others" in caplog.text
 
 
-# -- small things -----------------------------------------------------------------------------------
+# -- small things ----------------------------------------------------------------------------------
 def flask_session(cookie: str) -> dict:
     """What a browser can read of Flask's signed (not encrypted) session cookie."""
     payload = cookie.lstrip(".").split(".")[0]
@@ -266,8 +258,8 @@ def test_audit_lines_cannot_be_split_by_what_a_user_types(provider):
                 if line.startswith("{") and not line.endswith("}")]
 
 
-# -- upkeep -------------------------------------------------------------------------------------------
-def test_the_maintenance_round_forgets_old_sessions_and_old_redemptions(tmp_path):
+# -- upkeep ----------------------------------------------------------------------------------------
+def test_the_maintenance_round_forgets_old_sessions_and_old_redemptions(make_in_process):
     """Ended or expired session records (after a day) and the redemptions of codes that have
     expired anyway are deleted by the background round; live ones stay."""
     from qr_oidc.provider.runtime.maintenance import run_once
@@ -277,10 +269,7 @@ def test_the_maintenance_round_forgets_old_sessions_and_old_redemptions(tmp_path
         RedeemedCode,
         User,
     )
-    from qr_oidc.provider.web.app import create_app
-
-    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path}/upkeep.db"})
-    parts = app.extensions["qr_oidc"]
+    parts = make_in_process().app.extensions["qr_oidc"]
     now = time.time()
     with parts.db.session_factory() as session:
         session.add(User(id=1, sub="s", username="u", password_hash="x"))
@@ -305,4 +294,3 @@ def test_the_maintenance_round_forgets_old_sessions_and_old_redemptions(tmp_path
     with parts.db.session_factory() as session:
         assert sorted(r.id for r in session.query(BrowserSession)) == ["ended-just-now", "live"]
         assert sorted(r.code_hash for r in session.query(RedeemedCode)) == ["just", "young"]
-    parts.db.engine.dispose()

@@ -86,7 +86,7 @@ def first_party_app(provider):
                                   "openid profile qr:approve")
 
 
-# -- session transfer -------------------------------------------------------------------------------
+# -- session transfer ------------------------------------------------------------------------------
 def test_a_qr_approval_answers_one_request_and_signs_the_browser_in_nowhere(
         provider, shop, phone_client, first_party_app, alice, alice_phone):
     """The attack: the attacker opens the hosted page signed out, relays its QR, the victim
@@ -118,7 +118,7 @@ def test_a_qr_approval_answers_one_request_and_signs_the_browser_in_nowhere(
     assert provider.db("SELECT COUNT(*) FROM browser_sessions")[0][0] == sessions
 
 
-# -- the request is kept with the ticket ---------------------------------------------------------------
+# -- the request is kept with the ticket -----------------------------------------------------------
 def test_the_code_carries_exactly_the_request_the_phone_showed(provider, shop, alice_phone):
     """The browser asked (and the phone showed) openid; whatever it sends afterwards, the code
     gives openid: no profile, no email, no refresh token."""
@@ -166,7 +166,7 @@ def test_the_phone_is_shown_only_the_scope_the_client_may_have(provider, alice_p
     assert shown["scopes"] == ["openid", "profile"]
 
 
-# -- prompt and max_age -----------------------------------------------------------------------------
+# -- prompt and max_age ----------------------------------------------------------------------------
 def signed_in_browser(provider, username="alice", password="alice-password"):
     browser = requests.Session()
     page = browser.get(provider.url + "/login", timeout=30)
@@ -282,7 +282,7 @@ def test_prompt_consent_shows_consent_even_to_a_first_party_client(provider, fir
     assert approved.status_code == 302 and "code=" in approved.headers["Location"]
 
 
-# -- sessions on the server ---------------------------------------------------------------------------
+# -- sessions on the server ------------------------------------------------------------------------
 def is_signed_in(provider, browser) -> bool:
     """Whether the provider's home page greets this browser (a Session, whose cookie jar takes
     what the answer sets) or these cookies (a copy, as a thief holds it)."""

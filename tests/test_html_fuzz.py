@@ -169,7 +169,7 @@ def test_any_input_to_a_page_gets_a_4xx_page_or_a_redirect_never_a_5xx(
         assert counts(app) == before, where  # a refusal stores nothing
 
 
-# -- a sweep against a real server ---------------------------------------------------------------------
+# -- a sweep against a real server -----------------------------------------------------------------
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def server(request, tmp_path_factory):
     provider = Provider(tmp_path_factory.mktemp("html-sweep"),

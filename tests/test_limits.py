@@ -1,13 +1,18 @@
 """Rate limits (SPEC.md; RFC 8628 §5.1): ticket creation per client and per IP, user-code entry per
 user and per IP, sign-in per account and per IP. Over the limit: 429, Retry-After and
-{"error": "too_many_requests"}; the limits hold across instances (database or Redis counters)."""
+{"error": "too_many_requests"}; the limits hold across instances (database or Redis counters).
+
+Ticket creation and sign-in are counted by the Flask app: those tests build it in process with
+tight limits (no server needed). User codes are entered through the event loop's phone
+endpoints, and "across instances" is two servers: those run real servers."""
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 
 import pytest
-import requests
 
 from conftest import phone_app
 from helpers import (
@@ -29,9 +34,26 @@ TIGHT = {
 
 
 def assert_limited(response):
+    """A 429 as JSON (a requests or a Flask test client response)."""
     assert response.status_code == 429, response.text
-    assert response.json()["error"] == "too_many_requests"
+    assert json.loads(response.text)["error"] == "too_many_requests"
     assert int(response.headers["Retry-After"]) >= 1
+
+
+@pytest.fixture()
+def tight_app(make_in_process):
+    return make_in_process({name.removeprefix("QR_OIDC_"): value for name, value in TIGHT.items()})
+
+
+def create_ticket(app, client: dict, **params):
+    """POST /qr/ticket as a confidential client (HTTP Basic) or a public one (its client_id and
+    PKCE in ``params``)."""
+    headers = {}
+    if client.get("client_secret"):
+        raw = f"{client['client_id']}:{client['client_secret']}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+    return app.client().post("/qr/ticket", data={"scope": "openid profile", **params},
+                             headers=headers)
 
 
 @pytest.fixture()
@@ -47,30 +69,31 @@ def wrong_code() -> str:
     return "BCDF-" + "".join(secrets.choice("GHJKLMNP") for _ in range(4))
 
 
-def test_ticket_creation_is_limited_per_client_and_per_address(tight):
-    first, second = (tight.create_client("--name", n) for n in ("First", "Second"))
+def test_ticket_creation_is_limited_per_client_and_per_address(tight_app):
+    app = tight_app
+    first, second = (app.create_client("--name", n) for n in ("First", "Second"))
     for _ in range(3):
-        assert tight.create_ticket(first).status_code == 201
-    assert_limited(tight.create_ticket(first))           # the client's 3 are used up
+        assert create_ticket(app, first).status_code == 201
+    assert_limited(create_ticket(app, first))           # the client's 3 are used up
     # a backend is not one person: its own address counts for nothing (6 > 5 from it now)
     for _ in range(3):
-        assert tight.create_ticket(second).status_code == 201
+        assert create_ticket(app, second).status_code == 201
     # the person's address it passes does count, across clients
-    roomy, other = (tight.create_client("--name", n, "--ticket-rate", "100/600")
+    roomy, other = (app.create_client("--name", n, "--ticket-rate", "100/600")
                     for n in ("Roomy", "Other"))
     for client in (roomy, roomy, roomy, roomy, other):
-        assert tight.create_ticket(client, requester_ip="203.0.113.7").status_code == 201
-    assert_limited(tight.create_ticket(roomy, requester_ip="203.0.113.7"))
-    assert tight.create_ticket(roomy, requester_ip="203.0.113.8").status_code == 201
+        assert create_ticket(app, client, requester_ip="203.0.113.7").status_code == 201
+    assert_limited(create_ticket(app, roomy, requester_ip="203.0.113.7"))
+    assert create_ticket(app, roomy, requester_ip="203.0.113.8").status_code == 201
     # a public client's requester is the peer: 5 from this address, then no more
-    spa = tight.create_client("--name", "SPA", "--public", "--ticket-rate", "100/600")
+    spa = app.create_client("--name", "SPA", "--public", "--ticket-rate", "100/600")
     pkce = {"client_id": spa["client_id"], "code_challenge": "x" * 43,
             "code_challenge_method": "S256"}
     for _ in range(5):
-        assert tight.create_ticket(spa, **pkce).status_code == 201
-    assert_limited(tight.create_ticket(spa, **pkce))
-    device = requests.post(tight.url + "/device_authorization",
-                           data={"scope": "openid", "client_id": spa["client_id"]}, timeout=10)
+        assert create_ticket(app, spa, **pkce).status_code == 201
+    assert_limited(create_ticket(app, spa, **pkce))
+    device = app.client().post("/device_authorization",
+                               data={"scope": "openid", "client_id": spa["client_id"]})
     assert_limited(device)
 
 
@@ -98,34 +121,32 @@ def test_a_user_code_guesser_is_stopped_within_50_wrong_tries(tight):
     assert tight.phone("scan", trudy, scan_code=tight.scan_code(target)).status_code == 200
 
 
-def login(server, username, password) -> requests.Response:
-    browser = requests.Session()
-    page = browser.get(server.url + "/login", timeout=10)
-    return browser.post(server.url + "/login", data={
+def login(app, username, password, **headers):
+    """The sign-in form, as a new browser submits it (its cookie, its CSRF token)."""
+    browser = app.client()
+    page = browser.get("/login")
+    return browser.post("/login", data={
         "username": username, "password": password, "csrf_token": csrf_of(page.text),
-        "next": "/"}, allow_redirects=False, timeout=10)
+        "next": "/"}, headers=headers)
 
 
-def test_sign_in_is_limited_per_account(tight):
-    tight.create_user("victor", "victor-password")
-    tight.create_user("wendy", "wendy-password")
-    assert [login(tight, "victor", "wrong").status_code for _ in range(3)] == [401] * 3
-    limited = login(tight, "victor", "victor-password")  # right password, too late
+def test_sign_in_is_limited_per_account(tight_app):
+    app = tight_app
+    app.create_user("victor", "victor-password")
+    app.create_user("wendy", "wendy-password")
+    assert [login(app, "victor", "wrong").status_code for _ in range(3)] == [401] * 3
+    limited = login(app, "victor", "victor-password")  # right password, too late
     assert_limited(limited)
-    assert login(tight, "wendy", "wendy-password").status_code == 302
+    assert login(app, "wendy", "wendy-password").status_code == 302
     # the account counter does not care how the name is typed
-    assert_limited(login(tight, "VICTOR", "victor-password"))
+    assert_limited(login(app, "VICTOR", "victor-password"))
 
 
-def test_a_browser_gets_the_refusal_as_a_page(tight):
-    tight.create_user("xena", "xena-password")
+def test_a_browser_gets_the_refusal_as_a_page(tight_app):
+    tight_app.create_user("xena", "xena-password")
     for _ in range(3):
-        login(tight, "xena", "wrong")
-    browser = requests.Session()
-    page = browser.get(tight.url + "/login", timeout=10)
-    response = browser.post(tight.url + "/login", data={
-        "username": "xena", "password": "xena-password", "csrf_token": csrf_of(page.text),
-        "next": "/"}, headers={"Accept": "text/html"}, allow_redirects=False, timeout=10)
+        assert login(tight_app, "xena", "wrong").status_code == 401
+    response = login(tight_app, "xena", "xena-password", Accept="text/html")
     assert response.status_code == 429 and int(response.headers["Retry-After"]) >= 1
     assert response.headers["Content-Type"].startswith("text/html")
 
@@ -143,7 +164,9 @@ def test_the_limits_hold_across_two_instances(tmp_path_factory, store):
         a.start()
         b.start()
         web = a.create_client("--name", "Shared")
-        person = {"requester_ip": "198.51.100.9"}
+        # (Redis keeps counters between runs; a run later in the same window on the same port
+        # must not find this person's tickets counted already)
+        person = {"requester_ip": f"198.51.100.{secrets.randbelow(254) + 1}"}
         codes = [server.create_ticket(web, **person).status_code for server in (a, b, a, b)]
         assert codes == [201] * 4
         assert_limited(a.create_ticket(web, **person))

@@ -1,5 +1,5 @@
-"""The access log's writer thread (provider/runtime/logqueue.py): every line, in order; a bounded queue
-that drops and counts rather than grow when the log stalls; what is queued written at exit.
+"""The access log's writer thread (provider/runtime/logqueue.py): every line, in order; a bounded
+queue that drops and counts rather than grow when the log stalls; what is queued written at exit.
 (That every request of a real server gets its line is in test_audit.py.)"""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Schema migrations (provider/storage/migrate.py, Alembic under provider/storage/migrations), on SQLite and on
-PostgreSQL: ``qr-oidc db upgrade`` builds exactly the schema the models describe, every migration
-goes down and up again, rows survive an upgrade, and a server refuses to start on a schema that
-is behind, saying what to run."""
+"""Schema migrations (provider/storage/migrate.py, Alembic under provider/storage/migrations), on
+SQLite and on PostgreSQL: ``qr-oidc db upgrade`` builds exactly the schema the models describe,
+every migration goes down and up again, rows survive an upgrade, and a server refuses to start on
+a schema that is behind, saying what to run."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def test_db_upgrade_builds_exactly_the_schema_the_models_describe(fresh):
         engine.dispose()
     assert differences == []
     # a second upgrade has nothing to do
-    assert f"database: {REVISIONS[-1]}; needed: {REVISIONS[-1]}" in fresh.cli("db", "current").stdout
+    current = fresh.cli("db", "current").stdout
+    assert f"database: {REVISIONS[-1]}; needed: {REVISIONS[-1]}" in current
 
 
 def test_every_migration_goes_down_and_up_again(fresh):

@@ -1,6 +1,6 @@
-"""SQLite's stand-in for NOTIFY (provider/storage/notify.py): the ``ticket_events`` rows a transition
-writes, read by each process's ``SqliteWatcher``. The cross-process behaviour is shown against
-real servers in test_cluster.py; this checks the watcher itself on a real SQLite file."""
+"""SQLite's stand-in for NOTIFY (provider/storage/notify.py): the ``ticket_events`` rows a
+transition writes, read by each process's ``SqliteWatcher``. The cross-process behaviour is shown
+against real servers in test_cluster.py; this checks the watcher itself on a real SQLite file."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ def test_an_authorization_request_may_be_posted_from_the_relying_partys_page(pro
     assert answer.status_code == 200 and 'name="password"' in answer.text
 
 
-# -- client authentication --------------------------------------------------------------------------
+# -- client authentication -------------------------------------------------------------------------
 def token_poll(provider, ticket, auth=None, as_json=False, **body):
     data = {"grant_type": QR_GRANT, "ticket": ticket, **body}
     extra = {"json": data} if as_json else {"data": data}
@@ -173,7 +173,7 @@ def test_a_changed_secret_is_seen_by_every_process_within_a_second(two_workers):
                           client_secret=new[1]).status_code == 400  # pending or slow_down
 
 
-# -- security headers ---------------------------------------------------------------------------------
+# -- security headers ------------------------------------------------------------------------------
 SECURITY = ("X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options",
             "Content-Security-Policy")
 

@@ -89,7 +89,7 @@ SPEC_ERRORS = {
 }
 
 
-# -- the document -------------------------------------------------------------------------------------
+# -- the document ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def document() -> dict:
     return yaml.safe_load(OPENAPI.read_text())
@@ -130,7 +130,7 @@ def validator(document: dict, pointer: str):
     return jsonschema_rs.Draft202012Validator(root)
 
 
-# -- 1. routes -----------------------------------------------------------------------------------------
+# -- 1. routes -------------------------------------------------------------------------------------
 def test_every_json_route_is_described_and_every_described_operation_is_served(tmp_path,
                                                                                   document):
     from qr_oidc.provider.web.app import create_app
@@ -146,7 +146,8 @@ def test_every_json_route_is_described_and_every_described_operation_is_served(t
     described = {(path, method) for path, method, _ in operations(document)}
 
     assert served - described == set(), \
-        "served but not in docs/openapi.yaml (describe it, or list it in HTML_ROUTES if it is a page)"
+        "served but not in docs/openapi.yaml (describe it, or list it in HTML_ROUTES if it is " \
+        "a page)"
     assert described - served == set(), "in docs/openapi.yaml but not served"
     # the exclusions are real HTML routes, not JSON routes hidden from the document
     assert set(html) == HTML_ROUTES, f"HTML routes listed but not served: {HTML_ROUTES - set(html)}"
@@ -154,7 +155,7 @@ def test_every_json_route_is_described_and_every_described_operation_is_served(t
         assert endpoint.startswith(HTML_BLUEPRINTS) or endpoint == "static", (rule, endpoint)
 
 
-# -- 2. a valid document -----------------------------------------------------------------------------------
+# -- 2. a valid document ---------------------------------------------------------------------------
 def _walk(node, path=()):
     yield path, node
     if isinstance(node, dict):
@@ -212,9 +213,9 @@ def test_every_error_code_and_status_spec_names_is_documented(document):
             assert status in documented[code], (code, status, documented[code])
     assert {400, 403} <= documented["access_denied"]
     # and the generic answers of any path
-    for name, status, code in (("NotFound", 404, "not_found"),
-                               ("MethodNotAllowed", 405, "method_not_allowed"),
-                               ("BodyTooLarge", 413, "invalid_request")):
+    for name, _status, code in (("NotFound", 404, "not_found"),
+                                ("MethodNotAllowed", 405, "method_not_allowed"),
+                                ("BodyTooLarge", 413, "invalid_request")):
         response = document["components"]["responses"][name]
         assert code in _error_codes(document, response["content"]["application/json"]["schema"])
     # 413 on every operation that takes a body, 429 where a rate limit applies
@@ -239,7 +240,7 @@ def _error_codes(document: dict, schema) -> set[str]:
     return codes
 
 
-# -- a server of our own, with real credentials -------------------------------------------------------
+# -- a server of our own, with real credentials ----------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     own = Provider(tmp_path_factory.mktemp("openapi"), {
@@ -289,7 +290,7 @@ def expire(server, ticket: str) -> None:
     assert server.db("SELECT COUNT(*) FROM tickets WHERE ticket_hash = ?", digest) == [(1,)]
 
 
-# -- 3. real answers conform to the document -----------------------------------------------------------------
+# -- 3. real answers conform to the document -------------------------------------------------------
 class Conformance:
     """Checks real responses against the document: documented status, media type, required
     headers, body schema. The status a step expects is asserted at once (later steps build on
@@ -574,7 +575,7 @@ def test_rate_limited_answers_conform_to_the_document(tmp_path, document):
         tight.stop()
 
 
-# -- 4. schemathesis against a running server ----------------------------------------------------------------
+# -- 4. schemathesis against a running server ------------------------------------------------------
 # What a run covers: every phase (examples, coverage: boundary values, missing and wrong-typed
 # parameters, undocumented methods; fuzzing: generated positive and negative data; stateful: chains
 # that follow the document's links, e.g. ticket -> scan -> approve -> token poll). About 3,000
@@ -618,7 +619,8 @@ def protocol_error_format(ctx, response, case):
     try:
         body = json.loads(response.content)
     except ValueError:
-        raise AssertionError(f"{status} error body is not JSON: {response.content[:200]!r}") from None
+        raise AssertionError(
+            f"{status} error body is not JSON: {response.content[:200]!r}") from None
     if not isinstance(body, dict) or not isinstance(body.get("error"), str) or not body["error"]:
         raise AssertionError(f"{status} error without a string 'error': {body!r}")
     if status == 401 and not headers.get("www-authenticate"):
@@ -674,7 +676,8 @@ def run_schemathesis(schema) -> FuzzOutcome:
                         f"{check.failure_info.code_sample}")
         elif isinstance(event, (events.NonFatalError, events.FatalError)):
             value = getattr(event, "value", None) or getattr(event, "exception", None)
-            outcome.errors.append(f"{type(event).__name__} {getattr(event, 'label', '')}: {value!r}")
+            outcome.errors.append(
+                f"{type(event).__name__} {getattr(event, 'label', '')}: {value!r}")
         elif isinstance(event, events.EngineFinished):
             outcome.stop_reason = str(event.stop_reason)
             for failure in event.failures:
@@ -741,7 +744,7 @@ def test_schemathesis_sent_thousands_of_requests_that_reached_the_real_code(fuzz
     assert fuzzed.count("stateful POST /qr/scan", 200) > 0
 
 
-# -- 5. the database afterwards -----------------------------------------------------------------------------
+# -- 5. the database afterwards --------------------------------------------------------------------
 TICKET_STATES = {
     # status: columns that must be set, columns that must be empty
     "pending": ((), ("user_id", "scanned_at", "decided_at", "redeemed_at")),
@@ -776,7 +779,8 @@ def assert_database_unharmed(server) -> None:
     # what points elsewhere points at something
     assert server.db("""SELECT id FROM tokens WHERE client_id NOT IN (SELECT client_id FROM clients)
                         OR (user_id IS NOT NULL AND user_id NOT IN (SELECT id FROM users))""") == []
-    assert server.db("""SELECT id FROM tickets WHERE client_id NOT IN (SELECT client_id FROM clients)
+    assert server.db("""SELECT id FROM tickets
+                        WHERE client_id NOT IN (SELECT client_id FROM clients)
                         OR (user_id IS NOT NULL AND user_id NOT IN (SELECT id FROM users))""") == []
     assert server.db("""SELECT code_hash FROM redeemed_codes
                         WHERE client_id NOT IN (SELECT client_id FROM clients)""") == []

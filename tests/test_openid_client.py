@@ -99,7 +99,8 @@ class NodeRun:
                 line = self._lines.get(timeout=timeout)
             except queue.Empty:
                 self.kill()
-                raise AssertionError(f"no {kinds} from the Node client\n{self._diagnosis()}")
+                raise AssertionError(
+                    f"no {kinds} from the Node client\n{self._diagnosis()}") from None
             if line is None:
                 raise AssertionError(f"the Node client ended before {kinds}\n{self._diagnosis()}")
             event = json.loads(line)

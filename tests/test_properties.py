@@ -62,7 +62,7 @@ USER_CODE = re.compile(r"^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$")
 QUICK = settings(max_examples=300, deadline=None, database=None)
 
 
-# -- 1. codes ---------------------------------------------------------------------------------------------
+# -- 1. codes --------------------------------------------------------------------------------------
 @QUICK
 @given(st.text())
 def test_what_the_user_code_normaliser_accepts_is_a_canonical_code_that_round_trips(text):
@@ -138,7 +138,7 @@ def test_a_binding_code_is_two_digits(_):
     assert re.fullmatch(r"[0-9]{2}", binding_code())
 
 
-# -- 2. bodies, through the app ---------------------------------------------------------------------------
+# -- 2. bodies, through the app --------------------------------------------------------------------
 POST_ENDPOINTS = ["/qr/ticket", "/qr/status", "/token", "/device_authorization", "/revoke",
                   "/introspect", "/qr/scan", "/qr/approve", "/qr/deny", "/userinfo"]
 PARAMS = ["grant_type", "ticket", "scope", "nonce", "code_challenge", "code_challenge_method",
@@ -396,7 +396,7 @@ def test_any_nonce_up_to_512_characters_of_text_makes_a_ticket(app, nonce, scope
     assert USER_CODE.match(created["user_code"]) and len(created["ticket"]) >= 43
 
 
-# -- 3. the ticket lifecycle, as a state machine against a real server --------------------------------------
+# -- 3. the ticket lifecycle, as a state machine against a real server -----------------------------
 class Ticket:
     """The model: what SPEC.md's lifecycle says the ticket is."""
 
@@ -598,8 +598,8 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(t=tickets, as_json=st.booleans())
     def status(self, t, as_json):
         if as_json:
-            got = requests.post(self.server.url + "/qr/status", json={"ticket": t.secret, "wait": 0},
-                                timeout=30)
+            got = requests.post(self.server.url + "/qr/status",
+                                json={"ticket": t.secret, "wait": 0}, timeout=30)
         else:
             got = self.post("/qr/status", {"ticket": t.secret})
         assert got.status_code == 200, got.text
@@ -765,7 +765,8 @@ def test_any_sequence_of_lifecycle_steps_by_two_users_gives_the_answers_the_spec
               for user in ("alice", "bob")}
     user_ids = {name: uid for uid, name in server.db("SELECT id, username FROM users")}
 
-    Lifecycle.server, Lifecycle.clients, Lifecycle.phones = server, {"web": web, "bank": bank}, phones
+    Lifecycle.server, Lifecycle.phones = server, phones
+    Lifecycle.clients = {"web": web, "bank": bank}
     Lifecycle.user_ids = user_ids
     Lifecycle.names = {"alice": "Alice Liddell", "bob": "Bob Builder"}
     Lifecycle.issued, Lifecycle.reached = 0, set()

@@ -1,4 +1,5 @@
-"""The requesting IP the phone is shown: the peer's address, unless trusted proxies are configured."""
+"""The requesting IP the phone is shown: the peer's address, unless trusted proxies are
+configured."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ def refresh(provider, client, refresh_token, **extra):
 
 
 def introspect(provider, client, token, **extra):
-    response = requests.post(provider.meta["introspection_endpoint"], data={"token": token, **extra},
+    response = requests.post(provider.meta["introspection_endpoint"],
+                             data={"token": token, **extra},
                              auth=(client["client_id"], client["client_secret"]), timeout=10)
     assert response.status_code == 200, response.text
     return response.json()
@@ -38,7 +39,8 @@ def userinfo(provider, access_token):
                         headers={"Authorization": f"Bearer {access_token}"}, timeout=10)
 
 
-def test_offline_access_gives_a_refresh_token_that_rotates(provider, web_client, alice, alice_phone):
+def test_offline_access_gives_a_refresh_token_that_rotates(provider, web_client, alice,
+                                                           alice_phone):
     first = qr_tokens(provider, web_client, alice_phone)
     assert first["refresh_token"]
 
@@ -57,7 +59,8 @@ def test_offline_access_gives_a_refresh_token_that_rotates(provider, web_client,
     assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
 
 
-def test_reusing_a_rotated_refresh_token_revokes_the_whole_family(provider, web_client, alice_phone):
+def test_reusing_a_rotated_refresh_token_revokes_the_whole_family(provider, web_client,
+                                                                  alice_phone):
     first = qr_tokens(provider, web_client, alice_phone)
     second = refresh(provider, web_client, first["refresh_token"]).json()
 

@@ -107,7 +107,7 @@ def test_a_public_client_may_not_pass_requester_context(provider, public_client,
     assert count_tickets(provider) == before
 
 
-# -- limits that count the right thing, with the limits an operator starts with ------------------------
+# -- limits that count the right thing, with the limits an operator starts with --------------------
 DEFAULT_LIMITS = {f"QR_OIDC_{name}": str(value) for name, value in DEFAULTS.items()
                   if name.startswith("RATE_")}
 
@@ -180,7 +180,7 @@ def test_the_hosted_page_cannot_use_up_a_backends_quota(defaults):
                        "redirect_uri": "https://both.example/cb", "scope": "openid",
                        "state": "s", "code_challenge": pkce()[1],
                        "code_challenge_method": "S256"})
-    for n in range(3):
+    for _ in range(3):
         browser = requests.Session()
         page = browser.get(f"{defaults.url}/authorize?{query}", timeout=30)
         assert ask_for_qr(browser, page).status_code == 201

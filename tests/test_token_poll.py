@@ -292,7 +292,7 @@ def test_many_rapid_polls_never_grow_the_interval_past_60(provider, web_client):
     assert seen == [min(2 + 5 * n, 60) for n in range(1, 15)]
 
 
-# -- the event path (provider/web/events.py) answers the ticket grants' polls, form or JSON -------------
+# -- the event path (provider/web/events.py) answers the ticket grants' polls, form or JSON --------
 def _last_poll_at(provider, ticket: dict):
     digest = hashlib.sha256(ticket["ticket"].encode()).hexdigest()
     return provider.db("SELECT last_poll_at FROM tickets WHERE ticket_hash = ?", digest)[0][0]
