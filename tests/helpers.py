@@ -162,9 +162,10 @@ class _ForkServer:
 
     def _start(self) -> subprocess.Popen:
         if self.proc is None or self.proc.poll() is not None:
-            self.proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         text=True, start_new_session=True)
+            with open(self.folder / "fork-server.err", "wb") as errors:  # e.g. a failed import
+                self.proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER],
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=errors, text=True, start_new_session=True)
         return self.proc
 
     def run(self, args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
@@ -181,7 +182,8 @@ class _ForkServer:
                 raise subprocess.TimeoutExpired([BIN, *args], timeout)
             answer = proc.stdout.readline()
             if not answer:
-                raise RuntimeError(f"the CLI fork server died (exit {proc.wait(10)})")
+                errors = (self.folder / "fork-server.err").read_text(errors="replace")
+                raise RuntimeError(f"the CLI fork server died (exit {proc.wait(10)}):\n{errors}")
             returncode = json.loads(answer)["returncode"]
             return subprocess.CompletedProcess(
                 [BIN, *args], returncode, out.read_text(errors="replace"),
@@ -322,7 +324,9 @@ class Provider(Deployment):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"qr-oidc serve exited {self.proc.returncode}:\n{self.log()}")
+                log = self.log()
+                self.stop()  # (and drop the database it made: no test goes on after this)
+                raise RuntimeError(f"qr-oidc serve exited {self.proc.returncode}:\n{log}")
             try:
                 if requests.get(self.url + "/.well-known/openid-configuration", timeout=1).ok:
                     self.meta = requests.get(self.url + "/.well-known/openid-configuration").json()
