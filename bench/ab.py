@@ -69,7 +69,13 @@ def _variant(a, folder, sc, spec: str) -> dict:
     for flag in filter(None, flags.split(",")):
         key, _, value = flag.partition("=")
         env[key] = value or "1"
-    people = data.seed_people(env)
+    # the variant's own qr-oidc, for the server and for the clients and users it needs (so the
+    # database gets that variant's schema); a checkout from before the namespace has no console
+    # script of its own
+    program = [servers.QR_OIDC] if Path(tree, "qr_oidc").is_dir() else [
+        servers.PYTHON, "-c", f"import sys; sys.path.insert(0, {str(Path(tree).resolve())!r}); "
+        "from provider.cli import main; sys.exit(main())"]
+    people = data.seed_people(env, program)
     eng = data.engine_for(url)
     client_id = people["web"]["client_id"]
     poll_file = folder / f"{name}-poll.txt"
@@ -82,10 +88,7 @@ def _variant(a, folder, sc, spec: str) -> dict:
             approved = data.insert_tickets(eng, client_id, 3000 * a.seconds, "approved", uid)
             data.write_tickets(f, approved)
             files.append(f)
-    command = [servers.QR_OIDC, "serve"] if Path(tree, "qr_oidc").is_dir() else [
-        servers.PYTHON, "-c", f"import sys; sys.path.insert(0, {str(Path(tree).resolve())!r}); "
-        "from provider.cli import main; sys.exit(main())", "serve"]
-    server = servers.Server(name, command, env, folder, port,
+    server = servers.Server(name, [*program, "serve"], env, folder, port,
                             "/.well-known/openid-configuration").start()
     return dict(server=server, auth=load.basic(people["web"]), poll=poll_file, issue=files,
                 cursor=0, eng=eng, res=[])

@@ -19,24 +19,28 @@ from qr_oidc.provider.storage.models import Ticket, User
 from .servers import QR_OIDC
 
 
-def cli(env: dict, *args: str) -> str:
-    result = subprocess.run([QR_OIDC, *args], check=False, env=env, capture_output=True,
-                            text=True,
-                            timeout=120, stdin=subprocess.DEVNULL)
+def cli(env: dict, *args: str, program: list[str] | None = None) -> str:
+    """``qr-oidc ARGS`` (or ``program ARGS``: a variant's own command, bench/ab.py)."""
+    result = subprocess.run([*(program or [QR_OIDC]), *args], check=False, env=env,
+                            capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise RuntimeError(f"qr-oidc {' '.join(args)} failed: {result.stderr}")
     return result.stdout
 
 
-def seed_people(env: dict) -> dict:
-    """A confidential web client, the phone app (public, first-party) and one user."""
-    web = json.loads(cli(env, "clients", "create", "--name", "Bench shop", "--json"))
+def seed_people(env: dict, program: list[str] | None = None) -> dict:
+    """A confidential web client, the phone app (public, first-party) and one user, made by
+    ``program`` (the variant's own ``qr-oidc``, whose schema the database gets)."""
+    web = json.loads(cli(env, "clients", "create", "--name", "Bench shop", "--json",
+                         program=program))
     phone = json.loads(cli(env, "clients", "create", "--name", "Bench app", "--public",
                            "--first-party", "--redirect-uri", "http://127.0.0.1/callback",
                            "--grant-type", "authorization_code",
-                           "--scope", "openid profile qr:approve", "--json"))
+                           "--scope", "openid profile qr:approve", "--json", program=program))
     cli(env, "users", "create", "--username", "bench", "--password", "bench-password",
-        "--name", "Bench User", "--picture", "https://pics.example/bench.png", "--json")
+        "--name", "Bench User", "--picture", "https://pics.example/bench.png", "--json",
+        program=program)
     return {"web": web, "phone": phone, "username": "bench", "password": "bench-password"}
 
 
