@@ -25,7 +25,7 @@ from __future__ import annotations
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
 
 from qr_oidc.grants.token_core import TokensNotSaved, verifier_matches  # noqa: F401 (the grant's errors)
-from qr_oidc.provider.storage.models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE
+from qr_oidc.provider.storage.models import CIBA_GRANT_TYPE, DEVICE_GRANT_TYPE, QR_GRANT_TYPE
 
 
 class QRTicketGrant(BaseGrant, TokenEndpointMixin):
@@ -46,3 +46,11 @@ class DeviceCodeGrant(QRTicketGrant):
     ``grant_type=urn:ietf:params:oauth:grant-type:device_code&device_code=...``."""
 
     GRANT_TYPE = DEVICE_GRANT_TYPE
+
+
+class CibaGrant(QRTicketGrant):
+    """OpenID CIBA Core 1.0 §10.1: ``grant_type=urn:openid:params:grant-type:ciba&auth_req_id=...``
+    (the auth_req_id *is* a push request's ticket, grants/ciba.py); confidential clients only."""
+
+    GRANT_TYPE = CIBA_GRANT_TYPE
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]

@@ -23,12 +23,18 @@ the autocommit engine for speed: ``provider/storage/tickets.py`` says why.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 
+from sqlalchemy.exc import IntegrityError
+
+from qr_oidc.grants.signals import Signals, browser_label
 from qr_oidc.provider.audit import audit, audit_after_commit
+from qr_oidc.provider.seal import Sealer
 from qr_oidc.provider.security import (
     binding_choices,
     binding_code,
@@ -40,7 +46,23 @@ from qr_oidc.provider.security import (
 )
 from qr_oidc.provider.settings import Settings
 from qr_oidc.provider.storage.models import Client, Ticket, User, now
+from qr_oidc.provider.storage.notify import notify_in_transaction
 from qr_oidc.provider.storage.tickets import TicketStore
+
+log = logging.getLogger("qr_oidc.tickets")
+
+
+def inbox_key(user_id: int) -> str:
+    """What a user's inbox long polls wait on (the notifier's key, provider/storage/notify.py)."""
+    return f"inbox:{user_id}"
+
+
+class TooManyOutstanding(Exception):
+    """The user has as many undecided push requests as allowed: 429, ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int):
+        super().__init__("too many outstanding push requests")
+        self.retry_after = retry_after
 
 
 class TicketError(Exception):
@@ -65,17 +87,25 @@ class Tickets:
     """The ticket state machine; one instance per app, its rows in ``store`` (a
     ``TicketStore`` on ``db``)."""
 
-    def __init__(self, db, settings: Settings, notifier, secret: str):
+    def __init__(self, db, settings: Settings, notifier, secret: str, outbox=None):
         self.db = db
         self.store = TicketStore(db)
         # keys the number-matching choices of a ticket: nothing a browser holds derives them
         self._binding_key = hmac.new(secret.encode(), b"qr-oidc binding choices",
                                      hashlib.sha256).digest()
+        # a push request's scan code is derived from its id under this key (the inbox must show
+        # it, and only its digest is stored); its ping's token and auth_req_id are sealed
+        self._push_key = hmac.new(secret.encode(), b"qr-oidc push scan code",
+                                  hashlib.sha256).digest()
+        self._ping_sealer = Sealer(secret, "qr-oidc ciba ping")
+        self.outbox = outbox  # notices owed: CIBA pings, the push gateway's (storage/deliveries)
+        self.settings = settings
         self.ttl = settings.ticket_ttl
         self.interval = settings.poll_interval
         self.max_interval = settings.max_poll_interval
         self.retention = settings.expired_retention
         self.notifier = notifier
+        self.signals = Signals(db)  # the confirmation screen's hints (grants/signals.py)
 
     # -- creation ----------------------------------------------------------------------------
     def create(
@@ -122,6 +152,97 @@ class Tickets:
             return NewTicket(row, ticket, scan_code, user_code)
         raise RuntimeError("could not draw a unique user code")
 
+    # -- push requests (CIBA, grants/ciba.py) ---------------------------------------------------
+    def push_scan_code(self, ticket_id: str) -> str:
+        """The scan code of a push request: derived from its id under the server's key, so the
+        inbox can show it while only its digest is stored."""
+        mac = hmac.new(self._push_key, ticket_id.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac[:22]).rstrip(b"=").decode()
+
+    def create_push(self, client: Client, scope: str, user: User, *, ttl: int,
+                    nonce: str | None = None, binding_message: str | None = None,
+                    notification_token: str | None = None, requester_ip: str | None = None,
+                    requester_ua: str | None = None) -> NewTicket:
+        """A push request: a ticket made for ``user`` (already ``scanned`` by them, so it waits
+        for their decision in their inbox), with the push gateway told in the same transaction.
+        Raises TooManyOutstanding when the user has ``PUSH_MAX_OUTSTANDING`` undecided."""
+        settings = self.settings
+        for _attempt in range(5):
+            ticket_id, ticket = new_id(), new_secret()
+            scan_code = self.push_scan_code(ticket_id)
+            user_code = user_code_for(scan_code)
+            created = now()
+            row = Ticket(
+                id=ticket_id, ticket_hash=digest(ticket), scan_code_hash=digest(scan_code),
+                user_code_hash=digest(user_code), kind="push", client_id=client.client_id,
+                scope=scope, nonce=nonce,
+                binding_code=binding_code() if client.number_matching else None,
+                status="scanned", user_id=user.id, requester_ip=requester_ip,
+                requester_ua=(requester_ua or "")[:512] or None, created_at=created,
+                expires_at=created + ttl, poll_interval=self.interval,
+                binding_message=binding_message,
+                notification_token=self._ping_sealer.seal(
+                    {"token": notification_token, "auth_req_id": ticket})
+                if notification_token else None)
+
+            def also(session, row=row):
+                notify_in_transaction(session, inbox_key(user.id))
+                if settings.push_webhook and self.outbox is not None:
+                    self.outbox.add(session, "push", settings.push_webhook, {
+                        "event": "push_request", "id": new_id(), "user": user.sub,
+                        "request": row.id, "client": client.name,
+                        "created_at": int(row.created_at), "expires_at": int(row.expires_at)})
+
+            try:
+                refused = self.store.add_push(row, settings.push_max_outstanding, also)
+            except IntegrityError:
+                self.db.session.rollback()
+                continue  # a user code met a live one: draw again
+            if refused is not None:
+                audit("push.refused", client_id=client.client_id, user_id=user.id,
+                      reason="too_many_outstanding")
+                raise TooManyOutstanding(int(refused) + 1)
+            self.notifier.publish(inbox_key(user.id))
+            audit("ticket.created", ticket=row.id, kind="push", client_id=client.client_id,
+                  scope=scope, user_id=user.id, ip=requester_ip, user_agent=row.requester_ua)
+            return NewTicket(row, ticket, scan_code, user_code)
+        raise RuntimeError("could not draw a unique user code")
+
+    def _push_decided(self, row: Ticket, status: str):
+        """What a push request's decision owes, in its transaction: the inbox's wake-up, and in
+        ping mode the client's ping (CIBA §10.2: ``{"auth_req_id"}``, with its token)."""
+        sealed = row.notification_token
+        client = self.db.session.get(Client, row.client_id) if sealed else None
+
+        def also(session):
+            notify_in_transaction(session, inbox_key(row.user_id))
+            if status not in ("approved", "denied") or client is None or self.outbox is None:
+                return
+            endpoint = client.backchannel_client_notification_endpoint
+            opened = self._ping_sealer.open(sealed)
+            if client.backchannel_token_delivery_mode == "ping" and endpoint and opened:
+                self.outbox.add(session, "ping", endpoint,
+                                {"auth_req_id": opened["auth_req_id"]}, opened["token"])
+
+        return also
+
+    def inbox(self, user: User, phone_ip: str | None = None) -> list[dict]:
+        """The push requests waiting for ``user``'s decision, as the inbox shows them: each the
+        scan response's fields, with its ``scan_code``, ``binding_message`` and
+        ``kind: "push"``, oldest first."""
+        rows = self.store.inbox(user.id, now())
+        clients = {}
+        entries = []
+        for row in rows:
+            client = clients.get(row.client_id)
+            if client is None:
+                client = clients[row.client_id] = self.db.session.get(Client, row.client_id)
+            scan_code = self.push_scan_code(row.id)
+            entry = self.scan_view(row, user_code_for(scan_code), client, phone_ip=phone_ip)
+            entry.update(scan_code=scan_code, binding_message=row.binding_message, kind="push")
+            entries.append(entry)
+        return entries
+
     # -- lookups -----------------------------------------------------------------------------
     def by_ticket(self, ticket: str) -> Ticket | None:
         if not isinstance(ticket, str) or not ticket or len(ticket) > 200:
@@ -149,12 +270,15 @@ class Tickets:
     # Single statements on the autocommit engine's pooled DB-API connections: no ORM, no
     # transaction of their own but the statement (one round trip on PostgreSQL). The store
     # runs them; these name what each one means to the token core.
-    def record_poll(self, ticket_hash: str, client_id: str, at: float) -> bool:
+    def record_poll(self, ticket_hash: str, client_id: str, at: float,
+                    push: bool = False) -> bool:
         """Record a token poll of a waiting ticket that came on time; False (and nothing
         changed) when the ticket is not ``client_id``'s, not waiting (pending or scanned),
         expired, or polled too early. One conditional ``UPDATE``, so the interval holds across
-        instances: a poll up to 20% early (network jitter) is on time, the first always is."""
-        return self.store.record_poll(ticket_hash, client_id, at)
+        instances: a poll up to 20% early (network jitter) is on time, the first always is.
+        ``push``: the poll is the CIBA grant's, of a push request (else of a QR or device
+        ticket)."""
+        return self.store.record_poll(ticket_hash, client_id, at, push)
 
     def load_for_poll(self, ticket_hash: str) -> dict | None:
         """The ticket a poll names, with its user's claims once a user scanned it; None if
@@ -200,13 +324,33 @@ class Tickets:
         """``expected`` -> ``values["status"]`` if the ticket is still ``expected`` and
         unexpired (and, from scanned, scanned by ``by_user``); committed, ``row`` reloaded and,
         when it changed, the long polls woken and the change audited."""
-        done = self.store.transition(row.id, expected, at, values, by_user=by_user)
+        also = self._push_decided(row, values["status"]) if row.kind == "push" else None
+        done = self.store.transition(row.id, expected, at, values, by_user=by_user, also=also)
         self.reload(row)
         if done:
             self.notifier.publish(row.id)
             audit(f"ticket.{values['status']}", ticket=row.id, client_id=row.client_id,
                   user_id=row.user_id)
+            if values["status"] in ("approved", "denied"):
+                self._record_decision(row, values["status"], at)
         return done
+
+    def _record_decision(self, row: Ticket, status: str, at: float) -> None:
+        """Keep what the next confirmation screens' hints need (grants/signals.py), in a commit
+        of its own after the transition's: a failure here is logged and the decision stands."""
+        try:
+            if status == "approved":
+                self.signals.record_approval(row.user_id, row.requester_ip, row.requester_ua, at)
+            else:
+                self.signals.record_denial(row.user_id, row.id, at)
+        except Exception:
+            log.warning("could not record the %s of ticket %s for the risk hints", status,
+                        row.id, exc_info=True)
+            try:
+                self.db.session.rollback()
+            except Exception:
+                log.warning("rollback after a failed signal write failed", exc_info=True)
+
     @staticmethod
     def _refuse_unless_live(row: Ticket | None, at: float) -> Ticket:
         if row is None:
@@ -268,8 +412,11 @@ class Tickets:
             raise TicketError("invalid_state", 409, "The ticket changed meanwhile.")
         return row
 
-    def scan_view(self, row: Ticket, user_code: str, client: Client) -> dict:
-        """What the phone shows before the user decides (SPEC.md: scan response fields)."""
+    def scan_view(self, row: Ticket, user_code: str, client: Client, *,
+                  phone_ip: str | None = None) -> dict:
+        """What the phone shows before the user decides (SPEC.md: scan response fields): with
+        the requester's browser in words and the risk hints (grants/signals.py); ``phone_ip`` is
+        the address the phone (or the confirming browser) came from."""
         view = {
             "client": {
                 "client_id": client.client_id,
@@ -277,7 +424,8 @@ class Tickets:
                 "logo_uri": client.logo_uri,
             },
             "scopes": row.scope.split() if row.scope else [],
-            "requester": {"ip": row.requester_ip, "user_agent": row.requester_ua},
+            "requester": {"ip": row.requester_ip, "user_agent": row.requester_ua,
+                          "browser": browser_label(row.requester_ua)},
             "created_at": int(row.created_at),
             "expires_at": int(row.expires_at),
             "user_code": user_code,
@@ -286,6 +434,8 @@ class Tickets:
         if row.binding_code is not None:
             seed = hmac.new(self._binding_key, row.id.encode(), hashlib.sha256).hexdigest()
             view["binding_choices"] = binding_choices(row.binding_code, seed)
+        view["risk"] = self.signals.risk(row.user_id, phone_ip, row.requester_ip,
+                                         row.requester_ua, now())
         return view
 
     # -- upkeep ------------------------------------------------------------------------------

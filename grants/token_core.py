@@ -1,7 +1,10 @@
 """The token core: every rule of a ticket poll, and the issuance of its tokens, in one place.
 
-A web client (QR ticket grant) or a device (RFC 8628 device code grant) polls the token endpoint
-with its ticket. Two callers ask this module what to answer, and neither has a rule of its own:
+A web client (QR ticket grant), a device (RFC 8628 device code grant) or a relying party's
+backend (OpenID CIBA grant, ``auth_req_id``: a push request is a ticket too, grants/ciba.py)
+polls the token endpoint with its ticket. A grant redeems only its own kind of ticket: QR and
+device tickets for the first two, push requests for CIBA (``amr`` ``["push"]``). Two callers
+ask this module what to answer, and neither has a rule of its own:
 
 - the event-driven hot path (``provider/web/events.py``), which serves ``POST /token`` for these two
   grants on the event loop, calling ``TokenCore.poll`` in a database thread;
@@ -64,12 +67,20 @@ from qr_oidc.grants.access_tokens import new_access_token, token_row
 from qr_oidc.grants.openid import id_token
 from qr_oidc.provider.audit import audit
 from qr_oidc.provider.security import constant_equals, digest
-from qr_oidc.provider.storage.models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, now
+from qr_oidc.provider.storage.models import (
+    CIBA_GRANT_TYPE,
+    DEVICE_GRANT_TYPE,
+    QR_GRANT_TYPE,
+    now,
+)
 
 log = logging.getLogger("qr_oidc.token")
 
 # the parameter that carries the ticket, per grant
-CREDENTIAL = {QR_GRANT_TYPE: "ticket", DEVICE_GRANT_TYPE: "device_code"}
+CREDENTIAL = {QR_GRANT_TYPE: "ticket", DEVICE_GRANT_TYPE: "device_code",
+              CIBA_GRANT_TYPE: "auth_req_id"}
+# how the user approved, per kind of ticket (the ``amr`` of the ID token and the token row)
+AMR = {"qr": "qr", "device": "qr", "push": "push"}
 
 # Unknown, redeemed and other clients' tickets answer alike: the endpoint reveals nothing.
 INVALID = "The ticket is invalid, used, or was issued to another client."
@@ -137,11 +148,13 @@ class TokenCore:
             raise InvalidGrantError(INVALID)
         secret_hash, at = digest(secret), now()
         tickets = self.tickets
-        if tickets.record_poll(secret_hash, client.client_id, at):
+        push = grant_type == CIBA_GRANT_TYPE
+        if tickets.record_poll(secret_hash, client.client_id, at, push):
             raise AuthorizationPendingError(PENDING)
         ticket = tickets.load_for_poll(secret_hash)
         if (ticket is None or ticket["client_id"] != client.client_id
-                or ticket["kind"] == "authorize" or ticket["status"] == "redeemed"):
+                or (ticket["kind"] == "push") != push or ticket["kind"] not in AMR
+                or ticket["status"] == "redeemed"):
             raise InvalidGrantError(INVALID)
         if ticket["status"] == "denied":
             raise AccessDeniedError("The user cancelled the login.")
@@ -166,6 +179,7 @@ class TokenCore:
         commit."""
         settings, keys = self.settings, self.keys
         client_id, scope = client.client_id, ticket["scope"]
+        amr = AMR[ticket["kind"]]
         token, pending = new_access_token(
             settings, keys, grant_type=grant_type, client_id=client_id, sub=ticket["sub"],
             scope=scope, aud=resource,
@@ -177,9 +191,9 @@ class TokenCore:
                 settings, keys, client_id=client_id, alg=client.id_token_signed_response_alg,
                 user=SimpleNamespace(**ticket), scope=token["scope"],
                 access_token=token["access_token"], nonce=ticket["nonce"], auth_time=auth_time,
-                amr=["qr"])
+                amr=[amr])
         row = token_row(settings, pending, client_id=client_id, user_id=ticket["user_id"],
-                        scope=token["scope"], family_id=None, auth_time=auth_time, amr="qr")
+                        scope=token["scope"], family_id=None, auth_time=auth_time, amr=amr)
         try:
             redeemed = self.tickets.redeem_with_token(ticket["id"], row)
         except Exception as exc:  # the database failed: nothing was issued

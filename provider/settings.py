@@ -49,6 +49,21 @@ class Settings:
     long_polls_per_ticket: int = 4  # long polls held at once per ticket; more answer at once
     long_poll_limit: int = 20000  # long polls held at once per process; more answer at once
     expired_retention: int = 900  # expired tickets answer "expired" this long before purge
+    # Push login (CIBA, grants/ciba.py): a request lives PUSH_TTL seconds unless the client asks
+    # for less (requested_expiry, up to PUSH_MAX_TTL); a user has at most PUSH_MAX_OUTSTANDING
+    # undecided requests at once (more: 429), so nobody can flood a phone with prompts
+    push_ttl: int = 120
+    push_max_ttl: int = 600
+    push_max_outstanding: int = 3
+    # the operator's push gateway (FCM, APNs...): told when a user has a new push request, never
+    # a token; the body is signed with HMAC-SHA256 under PUSH_WEBHOOK_SECRET
+    # (X-QR-OIDC-Signature). Deliveries (these, and CIBA pings) are retried with backoff for
+    # DELIVERY_TTL seconds, at most DELIVERY_QUEUE_MAX waiting (provider/runtime/deliveries.py)
+    push_webhook: str = ""
+    push_webhook_secret: str = ""
+    delivery_ttl: int = 300
+    delivery_queue_max: int = 10000
+    delivery_timeout: float = 5.0
     # Tokens
     access_token_ttl: int = 3600
     id_token_ttl: int = 3600
@@ -81,6 +96,7 @@ class Settings:
     rate_user_code_ip: str = "20/600"
     rate_login_account: str = "10/900"
     rate_login_ip: str = "30/900"
+    rate_push_client: str = "600/60"  # push login requests per client (prompt bombing)
     redis_url: str = ""
     # proxies in front whose X-Forwarded-For / -Proto to trust (0: none; the peer is the client)
     trusted_proxies: int = 0
@@ -176,8 +192,22 @@ def _rules(values: dict) -> dict[str, str]:
         bad["DATABASE_URL"] = (f"{PREFIX}DATABASE_URL: an in-memory SQLite database cannot be "
                                "shared by the server's connections; use a file "
                                "(sqlite:///path/qr-oidc.db)")
+    webhook = values["push_webhook"]
+    if webhook:
+        try:
+            scheme = urlsplit(webhook).scheme
+        except ValueError:
+            scheme = ""
+        if scheme not in ("http", "https") or not urlsplit(webhook).netloc:
+            bad["PUSH_WEBHOOK"] = f"{PREFIX}PUSH_WEBHOOK must be an http(s) URL, not {webhook!r}"
+        elif len(values["push_webhook_secret"]) < 16:
+            bad["PUSH_WEBHOOK_SECRET"] = (f"{PREFIX}PUSH_WEBHOOK_SECRET must be set (at least 16 "
+                                          f"characters) when {PREFIX}PUSH_WEBHOOK is")
+    if values["push_max_ttl"] < values["push_ttl"]:
+        bad["PUSH_MAX_TTL"] = f"{PREFIX}PUSH_MAX_TTL must be at least {PREFIX}PUSH_TTL"
     for name in ("POLL_INTERVAL", "TICKET_TTL", "SESSION_IDLE", "SESSION_LIFETIME",
-                 "DB_POOL_TIMEOUT"):
+                 "DB_POOL_TIMEOUT", "PUSH_TTL", "PUSH_MAX_OUTSTANDING", "DELIVERY_TTL",
+                 "DELIVERY_QUEUE_MAX", "DELIVERY_TIMEOUT"):
         if values[name.lower()] < 1:
             bad[name] = f"{PREFIX}{name} must be at least 1 second"
     return bad

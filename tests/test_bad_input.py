@@ -38,12 +38,17 @@ ENDPOINTS = {
     "qr_deny": ("qr_deny_endpoint", "bearer"),
     "device_authorization": ("device_authorization_endpoint", "client"),
     "userinfo": ("userinfo_endpoint", "bearer"),
+    "backchannel_authentication": ("backchannel_authentication_endpoint", "client"),
+    "qr_inbox": ("qr_inbox_endpoint", "bearer"),
 }
 BEARER = [name for name, (_meta, auth) in ENDPOINTS.items() if auth == "bearer"]
 CLIENT = [name for name, (_meta, auth) in ENDPOINTS.items() if auth == "client"]
 POST_ONLY = [name for name in ENDPOINTS if name != "userinfo"]
-# userinfo takes its token from the header and has no body parameters: a body it ignores is fine
-IGNORES_BODY = {"userinfo"}
+# userinfo takes its token from the header and has no body parameters: a body it ignores is fine;
+# the inbox's two parameters (wait, cursor) are optional, so a body of parameters it does not know
+# leaves nothing wrong (RFC 6749 §3.1: unknown ones are ignored); bodies with a bad wait (non-UTF-8,
+# repeated) must still be refused, and are
+IGNORES_BODY = {"userinfo", "qr_inbox"}
 
 
 def _json(obj) -> bytes:

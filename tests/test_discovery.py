@@ -16,7 +16,8 @@ from test_e2e import verify_with_jwks
 from helpers import DEVICE_GRANT, QR_GRANT, approved_ticket
 
 QR_ENDPOINTS = ["qr_ticket_endpoint", "qr_status_endpoint", "qr_scan_endpoint",
-                "qr_approve_endpoint", "qr_deny_endpoint"]
+                "qr_approve_endpoint", "qr_deny_endpoint", "qr_inbox_endpoint",
+                "backchannel_authentication_endpoint"]
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 # RFC 7638 §3.2 (RSA, EC) and RFC 8037 §2 (OKP): the required members, in the thumbprint
 THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"),
@@ -83,10 +84,12 @@ def test_discovery_carries_each_endpoint_as_an_absolute_url(meta, name):
     assert "?" not in value and "#" not in value
 
 
-def test_grant_types_supported_are_exactly_the_four_of_spec(meta):
+def test_grant_types_supported_are_exactly_the_ones_of_spec(meta):
+    """SPEC.md's four, and push login's (CIBA Core §4: an OP that supports CIBA lists it)."""
     grants = meta["grant_types_supported"]
     assert len(grants) == len(set(grants))
-    assert set(grants) == {"authorization_code", "refresh_token", DEVICE_GRANT, QR_GRANT}
+    assert set(grants) == {"authorization_code", "refresh_token", DEVICE_GRANT, QR_GRANT,
+                           "urn:openid:params:grant-type:ciba"}
 
 
 def test_discovery_carries_the_required_oidc_metadata(meta):
@@ -118,6 +121,8 @@ METHODS = {
     "qr_scan_endpoint": "POST",
     "qr_approve_endpoint": "POST",
     "qr_deny_endpoint": "POST",
+    "qr_inbox_endpoint": "POST",
+    "backchannel_authentication_endpoint": "POST",
     "revocation_endpoint": "POST",
     "introspection_endpoint": "POST",
 }

@@ -426,3 +426,46 @@ def test_refresh_revocation_and_introspection_through_openid_client(run, provide
     # reuse of the rotated refresh token, and the whole family is gone
     assert result["replay"]["error"] == "invalid_grant"
     assert result["newest_after_replay"]["error"] == "invalid_grant"
+
+
+# -- push login (CIBA) -----------------------------------------------------------------------------
+CIBA = "urn:openid:params:grant-type:ciba"
+
+
+@pytest.fixture(scope="module")
+def call_centre(provider):
+    """A confidential relying party that logs people in by push (CIBA, poll mode)."""
+    return provider.create_client("--name", "Node call centre", "--grant-type", CIBA)
+
+
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+def test_push_login_through_openid_client(run, provider, call_centre, phone_client, decision):
+    name = f"node-push-{decision}-{secrets.token_hex(3)}"
+    user = provider.create_user(name, name + "-password", name="Nora Node")
+    phone = sign_in_phone(provider, phone_client, name, name + "-password")["access_token"]
+    ciba = run("ciba.mjs", provider, call_centre, QR_OIDC_LOGIN_HINT=name,
+               QR_OIDC_BINDING_MESSAGE="Node order 42")
+    started = ciba.next("backchannel_authentication")
+    assert started["auth_req_id_length"] >= 22
+    assert started["interval"] == 2 and started["expires_in"] == 120
+    first = ciba.next("token_response")
+    assert (first["status"], first["error"]) == (400, "authorization_pending")
+    requests_waiting = requests.post(provider.meta["qr_inbox_endpoint"], timeout=30,
+                                     headers={"Authorization": f"Bearer {phone}"}).json()
+    [entry] = requests_waiting["requests"]
+    assert entry["binding_message"] == "Node order 42" and entry["kind"] == "push"
+    assert entry["client"]["name"] == "Node call centre"
+    assert entry["requester"]["user_agent"].startswith("openid-client/")
+    assert provider.phone(decision, phone, scan_code=entry["scan_code"]).status_code == 200
+    if decision == "deny":
+        outcome = ciba.outcome()
+        assert outcome["event"] == "error"
+        assert (outcome["status"], outcome["error"]) == (400, "access_denied")
+        return
+    result = ciba.result()
+    assert ciba.token_errors()[-1] is None
+    claims = result["claims"]  # validated by openid-client, signature included
+    assert claims["iss"] == provider.meta["issuer"] and claims["aud"] == call_centre["client_id"]
+    assert claims["sub"] == user["sub"] and claims["amr"] == ["push"]
+    assert result["userinfo"]["sub"] == user["sub"]
+    assert result["userinfo"]["name"] == "Nora Node"

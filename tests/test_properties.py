@@ -140,18 +140,26 @@ def test_a_binding_code_is_two_digits(_):
 
 # -- 2. bodies, through the app --------------------------------------------------------------------
 POST_ENDPOINTS = ["/qr/ticket", "/qr/status", "/token", "/device_authorization", "/revoke",
-                  "/introspect", "/qr/scan", "/qr/approve", "/qr/deny", "/userinfo"]
+                  "/introspect", "/qr/scan", "/qr/approve", "/qr/deny", "/userinfo",
+                  "/backchannel/authenticate", "/qr/inbox"]
 PARAMS = ["grant_type", "ticket", "scope", "nonce", "code_challenge", "code_challenge_method",
           "client_id", "client_secret", "wait", "last_status", "scan_code", "user_code",
           "binding_code", "device_code", "code", "code_verifier", "refresh_token", "redirect_uri",
-          "resource", "token", "token_type_hint"]
+          "resource", "token", "token_type_hint", "login_hint", "id_token_hint",
+          "binding_message", "requested_expiry", "client_notification_token", "auth_req_id",
+          "cursor", "requester_ip", "requester_user_agent"]
 WEB = {"client_id": "web-client", "client_secret": "web-secret-" + "x" * 20}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def app(request, tmp_path_factory):
     from qr_oidc.provider.security import digest
-    from qr_oidc.provider.storage.models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE, Client
+    from qr_oidc.provider.storage.models import (
+        CIBA_GRANT_TYPE,
+        DEVICE_GRANT_TYPE,
+        QR_GRANT_TYPE,
+        Client,
+    )
     from qr_oidc.provider.web.app import create_app
 
     if request.param == "sqlite":
@@ -165,7 +173,7 @@ def app(request, tmp_path_factory):
         session.add(Client(
             client_id=WEB["client_id"], name="Web shop", secret_hash=digest(WEB["client_secret"]),
             public=False, grant_types=[QR_GRANT_TYPE, DEVICE_GRANT_TYPE, "refresh_token",
-                                       "authorization_code"],
+                                       "authorization_code", CIBA_GRANT_TYPE],
             redirect_uris=["https://shop.example/cb"], scope="openid profile email offline_access",
         ))
         session.commit()
@@ -325,7 +333,8 @@ def test_control_characters_in_parameters_get_a_protocol_answer_never_a_5xx(
 
 
 # what body.py promises to refuse, whatever else the body holds
-CLIENT_ENDPOINTS = ["/qr/ticket", "/token", "/device_authorization", "/revoke", "/introspect"]
+CLIENT_ENDPOINTS = ["/qr/ticket", "/token", "/device_authorization", "/revoke", "/introspect",
+                    "/backchannel/authenticate"]
 
 
 @BODY_SETTINGS

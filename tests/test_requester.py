@@ -34,7 +34,8 @@ def test_a_backend_passes_the_persons_address_and_browser_and_the_phone_shows_th
                            requester_user_agent=FIREFOX)
     scanned = provider.phone("scan", alice_phone, scan_code=provider.scan_code(made))
     assert scanned.status_code == 200, scanned.text
-    assert scanned.json()["requester"] == {"ip": "203.0.113.45", "user_agent": FIREFOX}
+    assert scanned.json()["requester"] == {"ip": "203.0.113.45", "user_agent": FIREFOX,
+                                           "browser": "Firefox 140 on macOS"}
     # the audit log names the person, and the backend the request came through
     deadline = time.monotonic() + 10
     while True:
@@ -51,7 +52,7 @@ def test_a_backend_passes_the_persons_address_and_browser_and_the_phone_shows_th
 def test_an_ipv6_requester_is_kept_in_its_canonical_form(provider, web_client, alice_phone):
     made = provider.ticket(web_client, requester_ip="2001:DB8:0:0::1")
     scanned = provider.phone("scan", alice_phone, scan_code=provider.scan_code(made)).json()
-    assert scanned["requester"] == {"ip": "2001:db8::1", "user_agent": None}
+    assert scanned["requester"] == {"ip": "2001:db8::1", "user_agent": None, "browser": None}
 
 
 def test_a_device_authorization_from_a_backend_takes_the_requester_too(provider, alice_phone):
@@ -62,7 +63,8 @@ def test_a_device_authorization_from_a_backend_takes_the_requester_too(provider,
     assert made.status_code == 200, made.text
     code = made.json()["verification_uri_complete"].rsplit("/", 1)[1]
     scanned = provider.phone("scan", alice_phone, scan_code=code).json()
-    assert scanned["requester"] == {"ip": "198.51.100.7", "user_agent": "TV/1.0"}
+    assert scanned["requester"] == {"ip": "198.51.100.7", "user_agent": "TV/1.0",
+                                    "browser": None}
 
 
 def test_without_requester_context_the_requester_is_the_peer(provider, web_client, alice_phone):

@@ -6,6 +6,7 @@ holds only the JSON.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from qr_oidc.provider.storage import migrate
 from qr_oidc.provider.storage.db import Database
 from qr_oidc.provider.storage.migrate import SchemaBehind
 from qr_oidc.provider.storage.models import (
+    CIBA_GRANT_TYPE,
     DEVICE_GRANT_TYPE,
     QR_GRANT_TYPE,
     Client,
@@ -40,7 +42,10 @@ from qr_oidc.provider.web.app import create_app
 from qr_oidc.provider.web.demo import prepare
 from qr_oidc.provider.web.sessions import end_all
 
-GRANT_TYPES = ["authorization_code", "refresh_token", DEVICE_GRANT_TYPE, QR_GRANT_TYPE]
+# what a client may be registered for; without --grant-type it gets all of them but push login,
+# which needs a delivery mode and is for confidential clients only
+DEFAULT_GRANT_TYPES = ["authorization_code", "refresh_token", DEVICE_GRANT_TYPE, QR_GRANT_TYPE]
+GRANT_TYPES = [*DEFAULT_GRANT_TYPES, CIBA_GRANT_TYPE]
 DEFAULT_SCOPE = "openid profile email offline_access"
 
 
@@ -249,9 +254,15 @@ AUTH_METHODS = click.Choice(["client_secret_basic", "client_secret_post", "none"
 @click.option("--ticket-rate", default=None, callback=_check_ticket_rate,
               help="Ticket creation limit of this client, COUNT/SECONDS or off "
                    "(default QR_OIDC_RATE_TICKET_CLIENT).")
+@click.option("--backchannel-token-delivery-mode", "delivery_mode", default=None,
+              type=click.Choice(["poll", "ping"]),
+              help="Push login (CIBA): how the client learns of a decision (default poll).")
+@click.option("--backchannel-client-notification-endpoint", "notification_endpoint",
+              default=None, help="Push login in ping mode: where the provider pings (https).")
 @click.option("--json", "as_json", is_flag=True, help="Print only the client as JSON.")
 def clients_create(name, public, first_party, number_matching, redirect_uris, grant_types, scope,
-                   logo_uri, id_token_alg, auth_method, ticket_rate, as_json):
+                   logo_uri, id_token_alg, auth_method, ticket_rate, delivery_mode,
+                   notification_endpoint, as_json):
     """Register a client; prints its client_id (and client_secret, shown only once)."""
     if not name.strip() or len(name) > 200:
         raise click.BadParameter("must be 1 to 200 characters, not blank", param_hint="--name")
@@ -270,6 +281,20 @@ def clients_create(name, public, first_party, number_matching, redirect_uris, gr
     if public != (auth_method == "none"):
         raise click.BadParameter("a public client uses none, a confidential one a secret method",
                                  param_hint="--token-endpoint-auth-method")
+    ciba = CIBA_GRANT_TYPE in grant_types
+    if ciba and public:
+        raise click.BadParameter("push login (CIBA) is for confidential clients",
+                                 param_hint="--grant-type")
+    if (delivery_mode or notification_endpoint) and not ciba:
+        raise click.BadParameter(f"only with --grant-type {CIBA_GRANT_TYPE}",
+                                 param_hint="--backchannel-token-delivery-mode")
+    if ciba:
+        delivery_mode = delivery_mode or "poll"
+    if (delivery_mode == "ping") != bool(notification_endpoint):
+        raise click.BadParameter("ping mode needs a notification endpoint, and only ping mode "
+                                 "has one", param_hint="--backchannel-client-notification-endpoint")
+    if notification_endpoint:
+        _check_notification_endpoint(notification_endpoint)
     settings = _settings()
     database = _database(settings)
     client_id = new_id()
@@ -282,17 +307,41 @@ def clients_create(name, public, first_party, number_matching, redirect_uris, gr
         first_party=first_party,
         number_matching=number_matching,
         redirect_uris=list(redirect_uris),
-        grant_types=list(dict.fromkeys(grant_types or GRANT_TYPES)),
+        grant_types=list(dict.fromkeys(grant_types or DEFAULT_GRANT_TYPES)),
         scope=" ".join(dict.fromkeys(scope.split())),
         logo_uri=logo_uri,
         id_token_signed_response_alg=id_token_alg,
         token_endpoint_auth_method=auth_method,
         ticket_rate=ticket_rate,
+        backchannel_token_delivery_mode=delivery_mode,
+        backchannel_client_notification_endpoint=notification_endpoint,
     )
     with database.session_factory() as session:
         session.add(row)
         session.commit()
     _print_client(row, secret, as_json)
+
+
+def _check_notification_endpoint(uri: str) -> None:
+    """CIBA §4: an https URL (http only on loopback, for development), without a fragment."""
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        parts, host = None, ""
+    loopback = host == "localhost" or _is_loopback_host(host)
+    if (parts is None or not host or parts.fragment or len(uri) > 2000
+            or not (parts.scheme == "https" or (parts.scheme == "http" and loopback))):
+        raise click.BadParameter("must be an https URL (http only on loopback), no fragment",
+                                 param_hint="--backchannel-client-notification-endpoint")
+
+
+def _is_loopback_host(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _print_client(row: Client, secret: str | None, as_json: bool) -> None:
@@ -355,6 +404,10 @@ def client_json(row: Client) -> dict:
         "id_token_signed_response_alg": row.id_token_signed_response_alg or "RS256",
         "token_endpoint_auth_method": row.auth_method,
         "ticket_rate": row.ticket_rate,
+        **({"backchannel_token_delivery_mode": row.backchannel_token_delivery_mode,
+            "backchannel_client_notification_endpoint":
+                row.backchannel_client_notification_endpoint}
+           if row.backchannel_token_delivery_mode else {}),
     }
 
 

@@ -1,14 +1,17 @@
-"""Background upkeep in every serving process: purge expired tickets, rotate keys when due,
-remove retired keys whose tokens have all expired. It never blocks a request: it runs in its own
-daemon thread with its own database sessions, and every step it takes is safe to race with the
-same step on another instance (conditional UPDATEs and DELETEs by time)."""
+"""Background upkeep in every serving process: purge expired tickets (and the risk hints'
+denials older than a day, grants/signals.py), rotate keys when due, remove retired keys whose
+tokens have all expired. It never blocks a request: it runs in its own daemon thread with its
+own database sessions, and every step it takes is safe to race with the same step on another
+instance (conditional UPDATEs and DELETEs by time)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from qr_oidc.grants.authorization_code import purge_redeemed
+from qr_oidc.grants.signals import DAY
 from qr_oidc.keys.keyset import ALGORITHMS
 from qr_oidc.keys.rotation import NotReady, due, remove_expired, rotate
 from qr_oidc.provider.settings import Settings
@@ -27,6 +30,7 @@ def run_once(parts) -> None:
     purge_events(parts.db)
     purge_sessions(parts.db)
     purge_redeemed(parts.db)
+    parts.tickets.signals.purge(time.time() - DAY)  # denials older than the hints count
     period = settings.key_rotation_period
     if period:
         for alg in ALGORITHMS:

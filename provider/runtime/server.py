@@ -24,6 +24,7 @@ from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from qr_oidc.provider.runtime.deliveries import start as start_deliveries
 from qr_oidc.provider.runtime.maintenance import start as start_maintenance
 from qr_oidc.provider.web.events import EventApp
 
@@ -100,7 +101,8 @@ _APP: list = []
 
 def asgi_app(app):
     """The ASGI app ``qr-oidc serve`` runs for the Flask ``app``."""
-    return EventApp(app, app.extensions["qr_oidc"], on_start=[start_maintenance])
+    return EventApp(app, app.extensions["qr_oidc"], on_start=[start_maintenance,
+                                                                start_deliveries])
 
 
 def run(app, host: str, port: int, workers: int, threads: int, long_poll_max: float) -> None:

@@ -24,6 +24,7 @@ from qr_oidc.provider.storage.db import Base
 QR_GRANT_TYPE = "urn:qr-oidc:params:oauth:grant-type:qr-ticket"
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]{1,100}$")  # RFC 6749 §3.3
 DEVICE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
+CIBA_GRANT_TYPE = "urn:openid:params:grant-type:ciba"  # OpenID CIBA Core 1.0 §10.1
 
 
 def now() -> float:
@@ -54,6 +55,9 @@ class Client(Base, ClientMixin):
                                                             default=_default_auth_method)
     # this client's ticket creation limit, COUNT/SECONDS or off; None: QR_OIDC_RATE_TICKET_CLIENT
     ticket_rate: Mapped[str | None] = mapped_column(String(32))
+    # push login (CIBA): poll | ping, and where a ping goes (grants/ciba.py)
+    backchannel_token_delivery_mode: Mapped[str | None] = mapped_column(String(8))
+    backchannel_client_notification_endpoint: Mapped[str | None] = mapped_column(String(2000))
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
     @property
@@ -152,7 +156,8 @@ class Ticket(Base):
     ticket_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scan_code_hash: Mapped[str] = mapped_column(String(64), unique=True)
     user_code_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    kind: Mapped[str] = mapped_column(String(16), default="qr")  # qr | device | authorize
+    # qr | device | authorize (the hosted page's) | push (CIBA: made for a named user)
+    kind: Mapped[str] = mapped_column(String(16), default="qr")
     client_id: Mapped[str] = mapped_column(ForeignKey("clients.client_id", ondelete="CASCADE"))
     scope: Mapped[str] = mapped_column(Text, default="")
     nonce: Mapped[str | None] = mapped_column(String(512))
@@ -160,7 +165,9 @@ class Ticket(Base):
     code_challenge_method: Mapped[str | None] = mapped_column(String(8))
     binding_code: Mapped[str | None] = mapped_column(String(2))
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # (indexed: a user's push inbox, and the outstanding push requests counted per user)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                                index=True)
     requester_ip: Mapped[str | None] = mapped_column(String(64))
     requester_ua: Mapped[str | None] = mapped_column(String(512))
     created_at: Mapped[float] = mapped_column(Float, default=now)
@@ -172,6 +179,10 @@ class Ticket(Base):
     last_poll_at: Mapped[float | None] = mapped_column(Float)
     # for tickets made by the hosted login page: the authorization request to continue
     auth_request: Mapped[dict | None] = mapped_column(JSON)
+    # push login (CIBA): the message both screens show, and in ping mode the client's
+    # client_notification_token, sealed (it is sent back to the client, so it cannot be a digest)
+    binding_message: Mapped[str | None] = mapped_column(String(64))
+    notification_token: Mapped[str | None] = mapped_column(Text)
 
     def is_expired(self, at: float | None = None) -> bool:
         return (at or now()) >= self.expires_at
@@ -318,3 +329,39 @@ class RateCounter(Base):
     key: Mapped[str] = mapped_column(String(250), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
     expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Delivery(Base):
+    """An HTTP notice to send: a CIBA ping to a client's notification endpoint, or a push
+    gateway notice (``QR_OIDC_PUSH_WEBHOOK``). Written in the transaction of the change it tells
+    of, sent by any serving instance's sender (provider/runtime/deliveries.py), retried with
+    backoff until ``expires_at``, then dropped. ``authorization`` (a ping's bearer token) is
+    sealed."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # ping | push
+    url: Mapped[str] = mapped_column(String(2000))
+    body: Mapped[str] = mapped_column(Text)
+    authorization: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    next_at: Mapped[float] = mapped_column(Float, index=True)
+    expires_at: Mapped[float] = mapped_column(Float)
+    locked_until: Mapped[float | None] = mapped_column(Float)
+
+
+class UserSignal(Base):
+    """What the risk hints of a confirmation screen are made of (grants/signals.py): a user's
+    approval from a requester (``kind`` ``approved``, ``key`` the digest of address and browser;
+    one row per requester, its latest time) and a user's denials (``kind`` ``denied``, ``key``
+    the ticket; purged after a day)."""
+
+    __tablename__ = "user_signals"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[float] = mapped_column(Float, index=True)

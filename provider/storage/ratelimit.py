@@ -15,7 +15,8 @@ What is limited (SPEC.md; RFC 8628 §5.1 for user codes):
   requester address (``requester_ip`` from a confidential client's backend, else the peer; a
   confidential client that passes none is limited per client only);
 - user-code entry, per user and per IP (only wrong codes stay counted);
-- sign-in, per account and per IP (only failed passwords stay counted).
+- sign-in, per account and per IP (only failed passwords stay counted);
+- push login requests (CIBA), per client.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ LIMIT_NAMES = {
     "user_code_ip": "RATE_USER_CODE_IP",
     "login_account": "RATE_LOGIN_ACCOUNT",
     "login_ip": "RATE_LOGIN_IP",
+    "push_client": "RATE_PUSH_CLIENT",
 }
 
 

@@ -44,6 +44,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    func,
     insert,
     literal_column,
     or_,
@@ -56,6 +57,10 @@ from qr_oidc.provider.storage.models import Client, Ticket, Token, User, now
 from qr_oidc.provider.storage.notify import notify_in_transaction
 
 _T, _U, _C, _K = Ticket.__table__, User.__table__, Client.__table__, Token.__table__
+
+# the kinds of ticket the QR and device grants redeem (the hosted page's ``authorize`` tickets
+# become codes, push requests are the CIBA grant's)
+TICKET_KINDS = ("qr", "device")
 
 # the token row issuance writes with the redeem (``grants/access_tokens.token_row``'s keys)
 TOKEN_COLUMNS = ("jti", "client_id", "user_id", "grant_type", "scope", "issued_at", "expires_at",
@@ -75,14 +80,17 @@ def _param(name: str, column):
     return bindparam(name, type_=column.type)
 
 
-def _poll():
-    """An on-time poll of a waiting ticket of this client: its ``last_poll_at`` (one row), or
-    nothing. A poll up to 20% early (network jitter) is on time; the first always is."""
+def _poll(kinds: tuple[str, ...]):
+    """An on-time poll of a waiting ticket of this client, of one of ``kinds`` (the grant's:
+    QR and device tickets, or push requests): its ``last_poll_at`` (one row), or nothing. A
+    poll up to 20% early (network jitter) is on time; the first always is."""
     at = _param("at", _T.c.last_poll_at)
+    kind = (_T.c.kind == _const(kinds[0]) if len(kinds) == 1
+            else _T.c.kind.in_([_const(k) for k in kinds]))
     return (update(_T).values(last_poll_at=at)
             .where(_T.c.ticket_hash == _param("h", _T.c.ticket_hash),
                    _T.c.client_id == _param("c", _T.c.client_id),
-                   _T.c.kind != _const("authorize"),
+                   kind,
                    _T.c.status.in_([_const("pending"), _const("scanned")]),
                    _T.c.expires_at > at,
                    or_(_T.c.last_poll_at.is_(None),
@@ -207,7 +215,8 @@ class TicketStore:
         # statements are compiled now, for the dialect both share.
         dialect = db.engine.dialect
         self.sqlite = dialect.name == "sqlite"
-        self._poll = Statement.compile(_poll(), dialect)
+        self._poll = Statement.compile(_poll(TICKET_KINDS), dialect)
+        self._poll_push = Statement.compile(_poll(("push",)), dialect)
         self._slow_down = Statement.compile(_slow_down(), dialect)
         self._load = Statement.compile(_load(), dialect)
         self._status = Statement.compile(_status(), dialect)
@@ -247,10 +256,12 @@ class TicketStore:
         return row
 
     def transition(self, ticket_id: str, expected: str, at: float, values: dict,
-                   by_user: int | None = None) -> bool:
+                   by_user: int | None = None, also=None) -> bool:
         """``UPDATE tickets SET <values> WHERE id AND status = expected AND unexpired`` (and,
         given ``by_user``, the user who scanned it), with the cross-process wake-up when it
-        changed the row; committed. False when another request got there first."""
+        changed the row, and ``also(session)`` then (what the change owes: a CIBA ping, an
+        inbox's wake-up), in the same transaction; committed. False when another request got
+        there first."""
         conditions = [Ticket.id == ticket_id, Ticket.status == expected, Ticket.expires_at > at]
         if by_user is not None:
             conditions.append(Ticket.user_id == by_user)
@@ -261,8 +272,44 @@ class TicketStore:
         ).rowcount
         if done:
             notify_in_transaction(session, ticket_id)
+            if also is not None:
+                also(session)
         session.commit()
         return bool(done)
+
+    # -- push requests (CIBA): tickets made for a named user -----------------------------------
+    def add_push(self, row: Ticket, most: int, also) -> float | None:
+        """Insert a push request for ``row.user_id`` unless that user already has ``most``
+        undecided ones, with ``also(session)`` (the push gateway's notice, the inbox's wake-up)
+        in the same transaction; committed. None when added; else the seconds until the
+        oldest outstanding one expires (for ``Retry-After``), nothing written.
+
+        On PostgreSQL the user's row is locked first, so two instances cannot both see two
+        outstanding and both add a third and fourth; SQLite writes one transaction at a
+        time (this process's write lock, the database's for others)."""
+        session = self.db.session
+        at = row.created_at
+        with self.db.write_lock():
+            if not self.sqlite:
+                session.execute(select(User.id).where(User.id == row.user_id).with_for_update())
+            outstanding = session.execute(
+                select(func.count(), func.min(Ticket.expires_at))
+                .where(Ticket.user_id == row.user_id, Ticket.kind == "push",
+                       Ticket.status == "scanned", Ticket.expires_at > at)).one()
+            if outstanding[0] >= most:
+                session.rollback()
+                return max(1.0, outstanding[1] - at)
+            session.add(row)
+            also(session)
+            session.commit()
+        return None
+
+    def inbox(self, user_id: int, at: float) -> list[Ticket]:
+        """A user's undecided, unexpired push requests, oldest first."""
+        return list(self.db.session.scalars(
+            select(Ticket).where(Ticket.user_id == user_id, Ticket.kind == "push",
+                                 Ticket.status == "scanned", Ticket.expires_at > at)
+            .order_by(Ticket.created_at, Ticket.id)))
 
     def redeem(self, ticket_id: str, at: float) -> bool:
         """approved -> redeemed, once, in the request's session; not committed here."""
@@ -293,10 +340,13 @@ class TicketStore:
     def engine(self):
         return self.db.autocommit_engine
 
-    def record_poll(self, ticket_hash: str, client_id: str, at: float) -> bool:
+    def record_poll(self, ticket_hash: str, client_id: str, at: float,
+                    push: bool = False) -> bool:
         """``last_poll_at = at`` if the poll is on time for a waiting, unexpired ticket of
-        ``client_id``: one conditional ``UPDATE``; False when nothing changed."""
-        return self._raw(self._poll, {"h": ticket_hash, "c": client_id, "at": at}).rowcount == 1
+        ``client_id`` (a push request if ``push``, else a QR or device ticket): one conditional
+        ``UPDATE``; False when nothing changed."""
+        statement = self._poll_push if push else self._poll
+        return self._raw(statement, {"h": ticket_hash, "c": client_id, "at": at}).rowcount == 1
 
     def load_for_poll(self, ticket_hash: str) -> dict | None:
         row = self._raw(self._load, {"h": ticket_hash}).fetchone()

@@ -1,5 +1,5 @@
-"""What the ticket endpoints do, free of any web framework: the status read and the phone's
-scan, approve and deny.
+"""What the ticket endpoints do, free of any web framework: the status read, the phone's
+scan, approve and deny, and the phone's inbox of push requests.
 
 Two front ends call these functions and add only HTTP: the event-driven hot path
 (``provider/web/events.py`` and ``longpoll.py``, which ``qr-oidc serve`` runs) and Flask's routes
@@ -21,7 +21,7 @@ from authlib.oauth2 import OAuth2Error
 from qr_oidc.grants.access_tokens import BearerError, authenticate_bearer
 from qr_oidc.grants.tickets import TicketError
 from qr_oidc.provider.security import digest, normalize_user_code
-from qr_oidc.provider.storage.models import Client
+from qr_oidc.provider.storage.models import Client, User
 from qr_oidc.provider.storage.ratelimit import TooManyRequests
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -164,7 +164,7 @@ def mobile(parts, action: str, authorization: str | None,
         if action == "scan":
             row = tickets.scan(row, user)
             client = parts.db.session.get(Client, row.client_id)
-            return ok(tickets.scan_view(row, code, client))
+            return ok(tickets.scan_view(row, code, client, phone_ip=remote_addr))
         if action == "approve":
             row = tickets.approve(row, user, data.get("binding_code"))
         else:
@@ -188,3 +188,66 @@ def find_by_user_code(parts, typed: str, user, remote_addr: str | None):
         for count in counted:
             limiter.give_back(count)
     return row, code
+
+
+# -- the phone's inbox of push requests ----------------------------------------------------------
+@dataclass
+class Inbox:
+    """A user's pending push requests as the inbox shows them, read at one moment."""
+
+    user_id: int
+    requests: list  # the entries (Tickets.inbox)
+    wait: float  # seconds the caller may hold the answer (0: answer now)
+    known: str | None  # the cursor the phone has
+
+    @property
+    def cursor(self) -> str:
+        """Names the set of requests (and how each stands), so a phone asks for changes."""
+        seen = "|".join(f"{e['scan_code']}:{e['status']}" for e in self.requests)
+        return digest("inbox " + seen)[:16]
+
+    @property
+    def wake_at(self) -> float | None:
+        """When the first of the requests expires (and leaves the inbox)."""
+        return min((e["expires_at"] for e in self.requests), default=None)
+
+    def answer(self) -> Answer:
+        return ok({"requests": self.requests, "cursor": self.cursor})
+
+
+def inbox(parts, authorization: str | None, params: Callable[[], Mapping[str, str]],
+          remote_addr: str | None, long_poll_max: float) -> Inbox | Answer:
+    """The signed-in user's (Bearer ``qr:approve``) undecided push requests; with ``wait`` (and
+    the ``cursor`` of the last answer) the caller may hold the answer until they change."""
+    try:
+        _claims, _row, user = authenticate_bearer(parts, authorization,
+                                                  required_scope="qr:approve")
+    except BearerError as exc:
+        return bearer_error(exc)
+    if user is None:
+        return bearer_error(BearerError("invalid_token", 401, "The token names no user."))
+    try:
+        data = params()
+    except OAuth2Error as exc:
+        return oauth_refusal(exc)
+    try:
+        wait = float(data.get("wait") or 0)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait < 1e6:  # (also NaN)
+        return error("invalid_request", 400, "'wait' must be a number of seconds.")
+    known = data.get("cursor") or None
+    if known is not None and len(known) > 64:
+        return error("invalid_request", 400, "'cursor' is not one this endpoint gave.")
+    return Inbox(user.id, parts.tickets.inbox(user, phone_ip=remote_addr),
+                 min(wait, float(long_poll_max)), known)
+
+
+def inbox_again(parts, user_id: int, remote_addr: str | None, wait: float,
+                known: str | None) -> Inbox | None:
+    """The inbox read again for a held long poll (the user, not the token, is known now); None
+    if the user is gone."""
+    user = parts.db.session.get(User, user_id)
+    if user is None:
+        return None
+    return Inbox(user_id, parts.tickets.inbox(user, phone_ip=remote_addr), wait, known)

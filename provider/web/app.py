@@ -15,17 +15,20 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from qr_oidc.grants import register as register_grants
+from qr_oidc.grants.ciba import PushLogins
 from qr_oidc.grants.tickets import Tickets
 from qr_oidc.grants.token_core import TokenCore
 from qr_oidc.keys import KeyError_, KeyStore
 from qr_oidc.provider import audit, seal
 from qr_oidc.provider import settings as config
 from qr_oidc.provider.storage.db import Database
+from qr_oidc.provider.storage.deliveries import Outbox
 from qr_oidc.provider.storage.models import Setting
 from qr_oidc.provider.storage.notify import LocalNotifier
 from qr_oidc.provider.storage.ratelimit import RateLimiter
 from qr_oidc.provider.web import (
     api,
+    backchannel,
     confirm,
     cors,
     csrf,
@@ -44,7 +47,7 @@ log = logging.getLogger("qr_oidc")
 access_log = logging.getLogger("qr_oidc.access")
 # modules imported for the routes they add to a blueprint defined elsewhere: the api blueprint's
 # families (provider/web/api.py), and the browser confirmation pages of pages.py's blueprint
-ROUTE_MODULES = (discovery, token, tickets, mobile, confirm)
+ROUTE_MODULES = (discovery, token, tickets, mobile, backchannel, confirm)
 
 
 @dataclass
@@ -60,6 +63,8 @@ class Parts:
     limiter: object = None
     codes: object = None  # seals authorization codes (grants/authorization_code.py)
     core: object = None  # the token core of the ticket grants (grants/token_core.py)
+    push: object = None  # push login's requests (grants/ciba.py)
+    outbox: object = None  # notices to send: CIBA pings, push gateway (storage/deliveries.py)
 
 
 def create_app(overrides: config.Settings | dict | None = None) -> Flask:
@@ -87,8 +92,11 @@ def create_app(overrides: config.Settings | dict | None = None) -> Flask:
                                                                   settings.key_passphrase)
     notifier = LocalNotifier(recheck=settings.long_poll_recheck)
     parts = Parts(settings=settings, db=database, keys=keys, notifier=notifier)
-    parts.tickets = Tickets(database, settings, notifier, secret=app.secret_key)
+    parts.outbox = Outbox(database, settings, app.secret_key)
+    parts.tickets = Tickets(database, settings, notifier, secret=app.secret_key,
+                            outbox=parts.outbox)
     parts.core = TokenCore(settings, keys, parts.tickets)
+    parts.push = PushLogins(settings, keys, parts.tickets, database)
     parts.limiter = RateLimiter(database, settings)
     # (the issuer is bound in: another deployment sharing the secret cannot open these)
     parts.codes = seal.Sealer(app.secret_key, f"authorization code {settings.issuer}")

@@ -66,7 +66,7 @@ def _confirm_screen(scan_code: str | None = None, user_code: str | None = None):
             return render_template("device.html", error="No login is waiting for this code."), 404
         return error_page(exc.error, exc.description, exc.status)
     client = p.db.session.get(Client, row.client_id)
-    view = p.tickets.scan_view(row, code, client)
+    view = p.tickets.scan_view(row, code, client, phone_ip=request.remote_addr)
     session["confirm_ticket"] = digest(row.id)
     return render_template("confirm.html", view=view, code=code)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from qr_oidc.provider.storage.models import DEVICE_GRANT_TYPE, QR_GRANT_TYPE
+from qr_oidc.grants.ciba import DELIVERY_MODES
+from qr_oidc.provider.storage.models import CIBA_GRANT_TYPE, DEVICE_GRANT_TYPE, QR_GRANT_TYPE
 from qr_oidc.provider.web.api import bp
 from qr_oidc.provider.web.responses import parts, url
 
@@ -28,6 +29,10 @@ def discovery():
         "qr_scan_endpoint": url("/qr/scan"),
         "qr_approve_endpoint": url("/qr/approve"),
         "qr_deny_endpoint": url("/qr/deny"),
+        "qr_inbox_endpoint": url("/qr/inbox"),
+        "backchannel_authentication_endpoint": url("/backchannel/authenticate"),
+        "backchannel_token_delivery_modes_supported": list(DELIVERY_MODES),
+        "backchannel_user_code_parameter_supported": False,
         "revocation_endpoint": url("/revoke"),
         "introspection_endpoint": url("/introspect"),
         "revocation_endpoint_auth_methods_supported": [
@@ -44,6 +49,7 @@ def discovery():
             "refresh_token",
             DEVICE_GRANT_TYPE,
             QR_GRANT_TYPE,
+            CIBA_GRANT_TYPE,
         ],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,

@@ -1,7 +1,7 @@
 """The event-driven hot path: what many browsers and phones do at once, served on an event loop.
 
 ``qr-oidc serve`` runs this ASGI app (provider/runtime/server.py: uvicorn with uvloop and
-httptools in gunicorn's processes). It answers five requests itself and hands every other one,
+httptools in gunicorn's processes). It answers six requests itself and hands every other one,
 untouched, to the Flask app in the same process, run to the end in a pool of ``THREADS``
 threads (``call_wsgi``):
 
@@ -9,7 +9,9 @@ threads (``call_wsgi``):
   not a thread (provider/web/longpoll.py);
 - ``POST /token`` with the QR ticket or the device code grant: the token core decides
   (provider/web/token_poll.py);
-- ``POST /qr/scan``, ``/qr/approve``, ``/qr/deny``: the phone's side (provider/web/actions.py).
+- ``POST /qr/scan``, ``/qr/approve``, ``/qr/deny``: the phone's side (provider/web/actions.py);
+- ``POST /qr/inbox``: the phone's push requests, and with ``wait`` a long poll
+  (provider/web/inbox.py).
 
 This module is the ASGI app itself: the dispatch, the lifespan, and the plumbing those share.
 Work that waits for the database (or signs) runs in a small pool of database threads
@@ -36,6 +38,7 @@ from authlib.oauth2 import OAuth2Error
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from qr_oidc.grants.signals import browser_label
 from qr_oidc.provider.audit import PEER
 from qr_oidc.provider.storage.notify import SqliteWatcher, pg_listen
 from qr_oidc.provider.web import actions, cors
@@ -43,6 +46,7 @@ from qr_oidc.provider.web.body import MAX_BODY, TOO_LARGE
 from qr_oidc.provider.web.client_cache import ClientCache
 from qr_oidc.provider.web.event_request import Request
 from qr_oidc.provider.web.headers import security_headers
+from qr_oidc.provider.web.inbox import InboxPolls
 from qr_oidc.provider.web.longpoll import LongPolls
 from qr_oidc.provider.web.oauth import error_triple
 from qr_oidc.provider.web.token_poll import TOKEN_HEADERS, TokenPolls
@@ -94,6 +98,7 @@ class EventApp:
         self.clients = ClientCache(parts.tickets)
         self.token_polls = TokenPolls(parts, self.clients, self._db)
         self.long_polls = LongPolls(parts, self._read_status)
+        self.inbox_polls = InboxPolls(parts, self._db, self.long_polls)
         self.secure = settings.secure
         self.json_headers = [(k.encode(), v.encode())
                              for k, v in security_headers("application/json", self.secure)]
@@ -111,7 +116,8 @@ class EventApp:
         if kind != "http":  # (no websockets here)
             return None
         path, method = scope["path"], scope["method"]
-        hot = method == "POST" and (path in ("/token", "/qr/status") or path in MOBILE)
+        hot = method == "POST" and (path in ("/token", "/qr/status", "/qr/inbox")
+                                    or path in MOBILE)
         body = await self._read_body(scope, receive, send)
         if body is None:  # too large: answered
             return None
@@ -125,6 +131,8 @@ class EventApp:
             answer = await self.token_polls.answer(request, grant_type)
         elif path == "/qr/status":
             answer = await self.long_polls.answer(request, receive)
+        elif path == "/qr/inbox":
+            answer = await self.inbox_polls.answer(request, receive)
         else:
             answer = await self._db(request, actions.mobile, self.parts, MOBILE[path],
                                     request.headers.get("authorization"), request.params,
@@ -164,6 +172,9 @@ class EventApp:
             watcher = SqliteWatcher(parts.db.engine, parts.notifier)
             self._tasks.append(loop.create_task(watcher.run(self.executor)))
         parts.keys.start_refresher()
+        # the user-agent parser loads its rules on first use (about 0.1 s): now, not in the
+        # first scan's answer
+        self.executor.submit(browser_label, "Mozilla/5.0")
         for start in self.on_start:
             start(parts)
 

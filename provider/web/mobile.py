@@ -1,8 +1,9 @@
-"""The phone's side of a ticket: scan, approve and deny, with the phone app's Bearer token
-(routes of the ``api`` blueprint, provider/web/api.py).
+"""The phone's side of a ticket: scan, approve and deny, and the inbox of push requests, with
+the phone app's Bearer token (routes of the ``api`` blueprint, provider/web/api.py).
 
 The work is provider/web/actions.py's; ``qr-oidc serve`` answers these on its event loop
-(provider/web/events.py), and these Flask routes answer them in the app alone.
+(provider/web/events.py, the inbox's long poll provider/web/inbox.py), and these Flask routes
+answer them in the app alone (the inbox at once: a long poll must not hold a thread).
 """
 
 from __future__ import annotations
@@ -33,3 +34,11 @@ def approve():
 @bp.post("/qr/deny")
 def deny():
     return _mobile("deny")
+
+
+@bp.post("/qr/inbox")
+def inbox():
+    found = actions.inbox(parts(), request.headers.get("Authorization"),
+                          lambda: body_params(request), request.remote_addr,
+                          parts().settings.long_poll_max)
+    return respond(found if isinstance(found, actions.Answer) else found.answer())

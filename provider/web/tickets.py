@@ -24,6 +24,7 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Response, request
 
+from qr_oidc.grants.ciba import NOT_FOR_A_SCREEN
 from qr_oidc.provider.storage.models import (
     DEVICE_GRANT_TYPE,
     QR_GRANT_TYPE,
@@ -59,13 +60,7 @@ def _requested_scope(client: Client, raw: str | None) -> str:
     return " ".join(dict.fromkeys(scopes))
 
 
-# not shown to a person as they are: C0 and C1 controls, DEL, line and paragraph separators, and
-# the bidi controls that could make a user agent read as something else on the phone
-_NOT_FOR_A_SCREEN = re.compile(
-    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def _requester(client: Client, data) -> tuple[str | None, str | None, bool]:
+def requester(client: Client, data) -> tuple[str | None, str | None, bool]:
     """Who is asking, as the phone will show it: (ip, user agent, whether the client passed
     them). A confidential client's backend passes the person's ``requester_ip`` and
     ``requester_user_agent``; otherwise the requester is the HTTP peer (the address behind
@@ -83,7 +78,7 @@ def _requester(client: Client, data) -> tuple[str | None, str | None, bool]:
             ip = None
         if ip is None:
             raise InvalidRequestError("requester_ip must be an IPv4 or IPv6 address.")
-    if agent is not None and (len(agent) > 512 or _NOT_FOR_A_SCREEN.search(agent)):
+    if agent is not None and (len(agent) > 512 or NOT_FOR_A_SCREEN.search(agent)):
         raise InvalidRequestError("requester_user_agent must be at most 512 characters, "
                                   "without control characters.")
     return ip, agent or None, True
@@ -93,7 +88,7 @@ def _create_ticket(kind: str, grant_type: str):
     client, data = authenticated_client(kind)
     if not client.check_grant_type(grant_type):
         raise UnauthorizedClientError(f"The client may not use grant type {grant_type}.")
-    requester_ip, requester_ua, passed = _requester(client, data)
+    requester_ip, requester_ua, passed = requester(client, data)
     limiter = parts().limiter
     # one person is limited, not the backend that serves everyone (ratelimit.py)
     if client.public or passed:
