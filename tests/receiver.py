@@ -12,8 +12,8 @@ from helpers import free_port
 
 
 class Receiver:
-    def __init__(self):
-        self.port = free_port()
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.received: list[dict] = []  # every request, in order: path, headers, body, status
         self._lock = threading.Condition()

@@ -17,7 +17,7 @@ import pytest
 import requests
 from receiver import Receiver
 
-from helpers import Provider, sign_in_phone
+from helpers import Provider, free_port, sign_in_phone
 
 CIBA = "urn:openid:params:grant-type:ciba"
 QR_GRANT = "urn:qr-oidc:params:oauth:grant-type:qr-ticket"
@@ -498,3 +498,37 @@ def test_ping_is_retried_while_the_endpoint_is_down(provider, receiver, carol):
     time.sleep(3)
     assert len(receiver.received) == 3  # delivered: not sent again
     assert provider.db("SELECT count(*) FROM deliveries") == [(0,)]
+
+
+def test_a_ping_to_an_endpoint_that_is_down_arrives_once_it_is_up(provider, carol):
+    port = free_port()  # nothing listens there yet: connections are refused
+    client = provider.create_client(
+        "--name", "Pinged later", "--grant-type", CIBA, "--backchannel-token-delivery-mode",
+        "ping", "--backchannel-client-notification-endpoint", f"http://127.0.0.1:{port}/ciba")
+    user, phone = carol
+    request = started(provider, client, login_hint=user["username"], binding_message="later",
+                      client_notification_token="late-token")
+    entry = entry_for(provider, phone, "later")
+    assert provider.phone("approve", phone, scan_code=entry["scan_code"]).status_code == 200
+    time.sleep(2.5)  # a few refused attempts
+    assert provider.db("SELECT attempts >= 2 FROM deliveries")[0][0]
+    with Receiver(port) as late:
+        ping = late.wait_for(1, timeout=30)[0]  # the next attempt, after at most 4 s backoff
+        assert json.loads(ping["body"]) == {"auth_req_id": request["auth_req_id"]}
+        assert ping["headers"]["authorization"] == "Bearer late-token"
+    assert token(provider, client, request["auth_req_id"]).status_code == 200
+
+
+# -- the per-client rate (the app in process) ------------------------------------------------------
+def test_push_requests_are_limited_per_client(make_in_process):
+    app = make_in_process({"RATE_PUSH_CLIENT": "2/60"})
+    client = app.create_client("--name", "Busy centre", "--grant-type", CIBA)
+    for n in range(3):
+        app.create_user(f"u{n}", f"u{n}-password")
+    browser = app.client()
+    answers = [browser.post("/backchannel/authenticate", data={
+        "scope": "openid", "login_hint": f"u{n}"},
+        auth=(client["client_id"], client["client_secret"])) for n in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[2].json["error"] == "too_many_requests"
+    assert 1 <= int(answers[2].headers["Retry-After"]) <= 60
