@@ -177,7 +177,8 @@ class Tickets:
                 user_code_hash=digest(user_code), kind="push", client_id=client.client_id,
                 scope=scope, nonce=nonce,
                 binding_code=binding_code() if client.number_matching else None,
-                status="scanned", user_id=user.id, requester_ip=requester_ip,
+                status="scanned", user_id=user.id, scanned_at=created,  # (delivered to them)
+                requester_ip=requester_ip,
                 requester_ua=(requester_ua or "")[:512] or None, created_at=created,
                 expires_at=created + ttl, poll_interval=self.interval,
                 binding_message=binding_message,

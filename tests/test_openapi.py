@@ -7,11 +7,14 @@
 3. Each error code and status SPEC.md names is documented, and a real request that provokes it
    gets an answer that conforms to the document (status, media type, headers, body).
 4. schemathesis fuzzes a real ``qr-oidc serve`` (its own process, SQLite) with real credentials: a
-   confidential client by HTTP Basic and a phone's Bearer token. Generated and malformed requests
+   confidential client by HTTP Basic (registered for every grant, push login's too, so that a
+   generated backchannel authentication request can name a real user) and a phone's Bearer token
+   (whose inbox then has push requests). Generated and malformed requests
    (coverage, fuzzing and stateful phases, positive and negative data) across every operation:
    never a 5xx, every error JSON with a string ``error``, every response as documented.
 5. Afterwards the database is unharmed: SQLite's integrity and foreign-key checks pass, no ticket
-   is in a state the SPEC's lifecycle cannot reach, and each redeemed ticket gave one token.
+   is in a state the SPEC's lifecycle cannot reach (a push request is made bound to its user,
+   "scanned"), and each redeemed ticket (QR, device or push) gave one token.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from helpers import (
     pkce,
     sign_in_phone,
 )
+
+CIBA_GRANT = "urn:openid:params:grant-type:ciba"
+ALL_GRANTS = ("authorization_code", "refresh_token", DEVICE_GRANT, QR_GRANT, CIBA_GRANT)
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENAPI = ROOT / "docs" / "openapi.yaml"
@@ -86,6 +92,9 @@ SPEC_ERRORS = {
     "expired": 410,
     "binding_mismatch": 403,
     "too_many_requests": 429,
+    # OpenID CIBA Core 1.0 §13, at the backchannel authentication endpoint
+    "unknown_user_id": 400,
+    "invalid_binding_message": 400,
 }
 
 
@@ -222,7 +231,8 @@ def test_every_error_code_and_status_spec_names_is_documented(document):
     for path, method, operation in operations(document):
         if method == "POST":
             assert "413" in operation["responses"], (path, method)
-    for path in ("/qr/ticket", "/device_authorization", "/qr/scan", "/qr/approve", "/qr/deny"):
+    for path in ("/qr/ticket", "/device_authorization", "/qr/scan", "/qr/approve", "/qr/deny",
+                 "/backchannel/authenticate"):
         assert "429" in document["paths"][path]["post"]["responses"], path
 
 
@@ -258,11 +268,14 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def creds(server) -> dict:
+    every_grant = [arg for grant in ALL_GRANTS for arg in ("--grant-type", grant)]
+    # the fuzzed client may use push login too (poll mode): its backchannel requests get past
+    # client authentication and, naming alice (the document's example), make push requests
     web = server.create_client("--name", "Fuzzed shop", "--redirect-uri", "https://shop.example/cb",
-                               "--logo-uri", "https://shop.example/logo.png")
+                               "--logo-uri", "https://shop.example/logo.png", *every_grant)
     limited = server.create_client("--name", "QR only", "--grant-type", QR_GRANT,
                                    "--scope", "openid profile")
-    banking = server.create_client("--name", "Bank", "--number-matching")
+    banking = server.create_client("--name", "Bank", "--number-matching", *every_grant)
     form = server.create_client("--name", "Form shop", "--token-endpoint-auth-method",
                                 "client_secret_post")
     phone = phone_app(server)
@@ -534,6 +547,9 @@ def test_real_answers_for_every_spec_error_and_every_success_conform_to_the_docu
     c.check("/qr/approve", "POST", post("/qr/approve", {"scan_code": "x"},
                                         headers=bearer("not.a.token")), 401, "invalid_token")
 
+    # push login (CIBA): the backchannel request, the phone's inbox, the token poll
+    push_login(c, server, creds)
+
     # any path: body too large, unknown paths, other methods
     big = "ticket=" + "a" * (64 * 1024 + 10)
     c.check("/qr/status", "POST", requests.post(url + "/qr/status", data=big, timeout=30, headers={
@@ -549,10 +565,142 @@ def test_real_answers_for_every_spec_error_and_every_success_conform_to_the_docu
     assert c.problems == [], "\n".join(c.problems)
 
 
+def push_login(c: Conformance, server, creds) -> None:
+    """Push requests made, listed in the inbox, decided and redeemed; and their refusals."""
+    url = server.url
+    web, limited, bank, alice, bob = (creds[k] for k in ("web", "limited", "bank", "alice", "bob"))
+
+    def post(path, data=None, json_body=None, auth=None, headers=None):
+        return requests.post(url + path, data=data, json=json_body, auth=auth, headers=headers,
+                             timeout=30)
+
+    def backchannel(data=None, json_body=None, auth=None):
+        return post("/backchannel/authenticate", data, json_body, auth or basic(web))
+
+    def inbox(token, data=None, json_body=None):
+        return post("/qr/inbox", data, json_body, headers=bearer(token) if token else None)
+
+    def ciba(auth_req_id, client=web):
+        return post("/token", {"grant_type": CIBA_GRANT, "auth_req_id": auth_req_id},
+                    auth=basic(client))
+
+    # bob's inbox is empty; a push request for him appears in it, with the scan response's fields
+    empty = c.check("/qr/inbox", "POST", inbox(bob), 200)
+    assert empty["requests"] == [], empty
+    pushed = c.check("/backchannel/authenticate", "POST", backchannel({
+        "scope": "openid profile", "login_hint": "bob", "binding_message": "Order 7F3K",
+        "requested_expiry": "300", "nonce": "n-push", "requester_ip": "203.0.113.9",
+        "requester_user_agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10.15; rv:140.0) "
+                                "Gecko/20100101 Firefox/140.0"}), 200)
+    assert "binding_code" not in pushed and pushed["expires_in"] <= 300, pushed
+    listed = c.check("/qr/inbox", "POST", inbox(bob, json_body={"wait": 1,
+                                                                "cursor": empty["cursor"]}), 200)
+    assert len(listed["requests"]) == 1 and listed["cursor"] != empty["cursor"], listed
+    entry = listed["requests"][0]
+    assert entry["kind"] == "push" and entry["binding_message"] == "Order 7F3K", entry
+    assert entry["status"] == "scanned" and entry["client"]["client_id"] == web["client_id"]
+    assert entry["requester"]["ip"] == "203.0.113.9" and entry["requester"]["browser"], entry
+    assert set(entry["risk"]) == {"same_network", "first_time", "recent_denials"}, entry
+    # nothing changed: a long poll with the cursor waits (LONG_POLL_MAX, 1 s), then answers alike
+    again = c.check("/qr/inbox", "POST", inbox(bob, {"wait": "1", "cursor": listed["cursor"]}),
+                    200)
+    assert again["cursor"] == listed["cursor"], again
+    # the client polls; bob approves; tokens once
+    c.check("/token", "POST", ciba(pushed["auth_req_id"]), 400, "authorization_pending")
+    c.check("/token", "POST", ciba(pushed["auth_req_id"]), 400, "slow_down")
+    c.check("/token", "POST", post("/token", {"grant_type": QR_GRANT,
+                                              "ticket": pushed["auth_req_id"]}, auth=basic(web)),
+            400, "invalid_grant")  # a push request is not a QR ticket
+    c.check("/token", "POST", ciba(pushed["auth_req_id"], limited), 400, "unauthorized_client")
+    c.check("/qr/approve", "POST", post("/qr/approve", {"scan_code": entry["scan_code"]},
+                                        headers=bearer(alice)), 403, "access_denied")
+    c.check("/qr/approve", "POST", post("/qr/approve", {"scan_code": entry["scan_code"]},
+                                        headers=bearer(bob)), 200)
+    tokens = c.check("/token", "POST", ciba(pushed["auth_req_id"]), 200)
+    assert "id_token" in tokens, tokens
+    c.check("/token", "POST", ciba(pushed["auth_req_id"]), 400, "invalid_grant")
+    assert c.check("/qr/inbox", "POST", inbox(bob), 200)["requests"] == []
+
+    # a number-matching client's push request (JSON body, JSON number); denied; expired
+    c.check("/backchannel/authenticate", "POST", backchannel(json_body={
+        "scope": "openid", "login_hint": "BOB", "requested_expiry": 60}, auth=basic(bank)), 400,
+        "unknown_user_id")  # a username is compared as it is; an email address case aside
+    matched = c.check("/backchannel/authenticate", "POST", backchannel(json_body={
+        "scope": "openid", "login_hint": "ALICE@example.org", "requested_expiry": 60},
+        auth=basic(bank)), 200)
+    assert re.fullmatch(r"[0-9]{2}", matched["binding_code"]), matched
+    entry = c.check("/qr/inbox", "POST", inbox(alice), 200)["requests"][0]
+    assert matched["binding_code"] in entry["binding_choices"] and entry["binding_message"] is None
+    c.check("/qr/deny", "POST", post("/qr/deny", {"scan_code": entry["scan_code"]},
+                                     headers=bearer(alice)), 200)
+    c.check("/token", "POST", ciba(matched["auth_req_id"], bank), 400, "access_denied")
+    old = c.check("/backchannel/authenticate", "POST", backchannel({
+        "scope": "openid", "login_hint": "alice"}), 200)
+    expire(server, old["auth_req_id"])
+    c.check("/token", "POST", ciba(old["auth_req_id"]), 400, "expired_token")
+    assert c.check("/qr/inbox", "POST", inbox(alice), 200)["requests"] == []
+    c.check("/token", "POST", ciba("never-issued"), 400, "invalid_grant")
+    c.check("/token", "POST", post("/token", {"grant_type": CIBA_GRANT}, auth=basic(web)), 400,
+            "invalid_request")
+
+    # refusals of the backchannel request (CIBA §13)
+    refusals = [
+        ({"login_hint": "alice"}, "invalid_request"),  # no scope
+        ({"scope": "profile", "login_hint": "alice"}, "invalid_request"),  # no openid
+        ({"scope": "openid"}, "invalid_request"),  # no hint
+        ({"scope": "openid", "login_hint": "alice", "id_token_hint": tokens["id_token"]},
+         "invalid_request"),  # two hints
+        ({"scope": "openid", "id_token_hint": "not.a.jwt"}, "invalid_request"),
+        ({"scope": "openid", "login_hint": "alice", "requested_expiry": "0"}, "invalid_request"),
+        ({"scope": "openid", "login_hint": "alice", "user_code": "1234"}, "invalid_request"),
+        ({"scope": "openid", "login_hint": "alice", "requester_ip": "here"}, "invalid_request"),
+        ({"scope": "openid admin", "login_hint": "alice"}, "invalid_scope"),
+        ({"scope": "openid", "login_hint": "nobody"}, "unknown_user_id"),
+        ({"scope": "openid", "login_hint": "alice", "binding_message": "x" * 65},
+         "invalid_binding_message"),
+        ({"scope": "openid", "login_hint": "alice", "binding_message": "Pay\u202eevil"},
+         "invalid_binding_message"),
+    ]
+    for data, code in refusals:
+        c.check("/backchannel/authenticate", "POST", backchannel(data), 400, code)
+    # an id_token_hint (bob's ID token, issued to this client) names its user
+    hinted = c.check("/backchannel/authenticate", "POST", backchannel({
+        "scope": "openid", "id_token_hint": tokens["id_token"]}), 200)
+    assert len(c.check("/qr/inbox", "POST", inbox(bob), 200)["requests"]) == 1
+    c.check("/token", "POST", ciba(hinted["auth_req_id"], bank), 400, "invalid_grant")
+    c.check("/backchannel/authenticate", "POST", backchannel({
+        "scope": "openid", "id_token_hint": tokens["id_token"]}, auth=basic(bank)), 400,
+        "invalid_request")  # another client's ID token
+    c.check("/backchannel/authenticate", "POST", backchannel(
+        {"scope": "openid", "login_hint": "alice"}, auth=basic(limited)), 400,
+        "unauthorized_client")
+    c.check("/backchannel/authenticate", "POST", post("/backchannel/authenticate", {
+        "scope": "openid", "login_hint": "alice", "client_id": creds["phone"]["client_id"]}),
+        400, "unauthorized_client")  # a public client
+    c.check("/backchannel/authenticate", "POST", backchannel(
+        {"scope": "openid", "login_hint": "alice"}, auth=(web["client_id"], "wrong")), 401,
+        "invalid_client")
+    form = creds["form"]
+    c.check("/backchannel/authenticate", "POST", post("/backchannel/authenticate", {
+        "scope": "openid", "login_hint": "alice", "client_id": form["client_id"],
+        "client_secret": form["client_secret"]}), 400, "unauthorized_client")
+
+    # the inbox's refusals
+    c.check("/qr/inbox", "POST", inbox(None), 401, "invalid_token")
+    c.check("/qr/inbox", "POST", inbox("not.a.token"), 401, "invalid_token")
+    c.check("/qr/inbox", "POST", inbox(tokens["access_token"]), 403, "insufficient_scope")
+    c.check("/qr/inbox", "POST", inbox(alice, {"wait": "soon"}), 400, "invalid_request")
+    c.check("/qr/inbox", "POST", inbox(alice, {"wait": "-1"}), 400, "invalid_request")
+    c.check("/qr/inbox", "POST", inbox(alice, {"cursor": "c" * 65}), 400, "invalid_request")
+    c.check("/qr/inbox", "POST", inbox(alice, json_body=["wait"]), 400, "invalid_request")
+    # bob's pending request is left for the fuzzing (his inbox is not fuzzed; it expires)
+
+
 def test_rate_limited_answers_conform_to_the_document(tmp_path, document):
     """429 with Retry-After, on a server of its own with tight limits."""
     tight = Provider(tmp_path, {"QR_OIDC_RATE_TICKET_CLIENT": "2/86400",
-                                "QR_OIDC_RATE_USER_CODE_USER": "1/86400"})
+                                "QR_OIDC_RATE_USER_CODE_USER": "1/86400",
+                                "QR_OIDC_RATE_PUSH_CLIENT": "4/86400"})
     tight.start()
     try:
         c = Conformance(document)
@@ -570,6 +718,18 @@ def test_rate_limited_answers_conform_to_the_document(tmp_path, document):
         for action in ("scan", "approve", "deny"):
             c.check(f"/qr/{action}", "POST", tight.phone(action, token, user_code="BCDF-GHJL"),
                     429, "too_many_requests")
+        # push login: three undecided requests per user, then 429 until one is decided or
+        # expires; and the client's own limit (4 a day here)
+        bank = tight.create_client("--name", "Bank", "--grant-type", CIBA_GRANT)
+        push = {"scope": "openid", "login_hint": "carol"}
+        for expected in (200, 200, 200, 429, 429):
+            answer = requests.post(tight.url + "/backchannel/authenticate", data=push,
+                                   auth=basic(bank), timeout=30)
+            c.check("/backchannel/authenticate", "POST", answer, expected,
+                    "too_many_requests" if expected == 429 else None)
+        assert int(answer.headers["Retry-After"]) > 1000  # the client's daily limit
+        inbox = requests.post(tight.url + "/qr/inbox", headers=bearer(token), timeout=30)
+        assert len(c.check("/qr/inbox", "POST", inbox, 200)["requests"]) == 3
         assert c.problems == [], "\n".join(c.problems)
     finally:
         tight.stop()
@@ -735,6 +895,8 @@ def test_schemathesis_sent_thousands_of_requests_that_reached_the_real_code(fuzz
     assert fuzzed.count("POST /device_authorization", 200) > 0
     assert fuzzed.count("GET /userinfo", 200) > 0
     assert fuzzed.count("POST /introspect", 200) > 0
+    assert fuzzed.count("POST /backchannel/authenticate", 200) > 0  # alice, the example
+    assert fuzzed.count("POST /qr/inbox", 200) > 0
     # and malformed requests were refused
     for label in labels - {"GET /.well-known/openid-configuration", "GET /jwks.json"}:
         assert any(lab == label and 400 <= status < 500 for (lab, status) in fuzzed.statuses), label
@@ -747,6 +909,7 @@ def test_schemathesis_sent_thousands_of_requests_that_reached_the_real_code(fuzz
 # -- 5. the database afterwards --------------------------------------------------------------------
 TICKET_STATES = {
     # status: columns that must be set, columns that must be empty
+    # (a push request is made bound to its user, "scanned": it has no scan time of its own)
     "pending": ((), ("user_id", "scanned_at", "decided_at", "redeemed_at")),
     "scanned": (("user_id", "scanned_at"), ("decided_at", "redeemed_at")),
     "approved": (("user_id", "scanned_at", "decided_at"), ("redeemed_at",)),
@@ -762,7 +925,9 @@ def assert_database_unharmed(server) -> None:
     assert statuses <= set(TICKET_STATES), statuses
     for status, (filled, empty) in TICKET_STATES.items():
         for column in filled:
-            bad = server.db(f"SELECT id FROM tickets WHERE status = ? AND {column} IS NULL", status)
+            unless = " AND kind != 'push'" if column == "scanned_at" else ""
+            bad = server.db(f"SELECT id FROM tickets WHERE status = ? AND {column} IS NULL{unless}",
+                            status)
             assert bad == [], f"{len(bad)} {status} tickets without {column}"
         for column in empty:
             bad = server.db(f"SELECT id FROM tickets WHERE status = ? AND {column} IS NOT NULL",
@@ -774,8 +939,15 @@ def assert_database_unharmed(server) -> None:
                         OR scanned_at >= expires_at OR decided_at >= expires_at
                         OR redeemed_at >= expires_at""") == []
     assert server.db("""SELECT id FROM tickets WHERE poll_interval < 1 OR poll_interval > 60
-                        OR kind NOT IN ('qr', 'device', 'authorize')
+                        OR kind NOT IN ('qr', 'device', 'authorize', 'push')
                         OR (binding_code IS NOT NULL AND length(binding_code) != 2)""") == []
+    # push requests: made for a user (never pending), the only tickets with a binding message
+    assert server.db("""SELECT id FROM tickets WHERE kind = 'push'
+                        AND (status = 'pending' OR user_id IS NULL
+                             OR (scanned_at IS NOT NULL AND scanned_at < created_at))""") == []
+    assert server.db("""SELECT id FROM tickets WHERE (binding_message IS NOT NULL
+                        AND (kind != 'push' OR length(binding_message) > 64))
+                        OR (notification_token IS NOT NULL AND kind != 'push')""") == []
     # what points elsewhere points at something
     assert server.db("""SELECT id FROM tokens WHERE client_id NOT IN (SELECT client_id FROM clients)
                         OR (user_id IS NOT NULL AND user_id NOT IN (SELECT id FROM users))""") == []
@@ -784,12 +956,17 @@ def assert_database_unharmed(server) -> None:
                         OR (user_id IS NOT NULL AND user_id NOT IN (SELECT id FROM users))""") == []
     assert server.db("""SELECT code_hash FROM redeemed_codes
                         WHERE client_id NOT IN (SELECT client_id FROM clients)""") == []
-    # one token per redeemed ticket: tokens were issued exactly once for each
+    # one token per redeemed ticket: tokens were issued exactly once for each (push requests by
+    # the CIBA grant, and only those)
     redeemed = server.db("""SELECT COUNT(*) FROM tickets WHERE status = 'redeemed'
                             AND kind IN ('qr', 'device')""")[0][0]
     issued = server.db("SELECT COUNT(*) FROM tokens WHERE grant_type IN (?, ?)",
                        QR_GRANT, DEVICE_GRANT)[0][0]
     assert issued == redeemed, (issued, redeemed)
+    pushed = server.db("""SELECT COUNT(*) FROM tickets WHERE status = 'redeemed'
+                          AND kind = 'push'""")[0][0]
+    issued = server.db("SELECT COUNT(*) FROM tokens WHERE grant_type = ?", CIBA_GRANT)[0][0]
+    assert issued == pushed, (issued, pushed)
 
 
 def test_the_database_is_unharmed_after_the_fuzzing(server, creds, fuzzed):
