@@ -14,11 +14,13 @@ No web framework here: the token core (grants/token_core.py), Authlib's server g
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from authlib.oauth2.rfc6749.util import scope_to_list
 from joserfc import jwt
 from joserfc.errors import JoseError
 
+from qr_oidc.grants.dpop import DPoPError, one_proof
 from qr_oidc.keys.jws import sign_compact
 from qr_oidc.provider.security import digest, new_id, new_secret
 from qr_oidc.provider.storage.models import Token, User, now
@@ -28,9 +30,11 @@ ACCESS_TOKEN_ALGS = ["RS256", "ES256", "EdDSA"]
 
 def new_access_token(settings, keys, *, grant_type: str, client_id: str, sub: str,
                      scope: str | None, aud: str | None = None, lifetime: int | None = None,
-                     refresh: bool = False) -> tuple[dict, dict]:
+                     refresh: bool = False, jkt: str | None = None) -> tuple[dict, dict]:
     """A signed RFC 9068 access token, as the token response's first four members (plus
-    ``refresh_token`` when ``refresh``), and what its row needs (``token_row``'s ``pending``)."""
+    ``refresh_token`` when ``refresh``), and what its row needs (``token_row``'s ``pending``).
+    With ``jkt`` (the thumbprint of the key a DPoP proof showed) the token is bound to that key:
+    ``cnf.jkt`` and ``token_type: DPoP`` (RFC 9449 §6)."""
     issued = int(time.time())
     lifetime = lifetime or settings.access_token_ttl
     jti = new_id()
@@ -44,11 +48,13 @@ def new_access_token(settings, keys, *, grant_type: str, client_id: str, sub: st
         "jti": jti,
         "scope": scope or "",
     }
+    if jkt:
+        claims["cnf"] = {"jkt": jkt}
     key = keys.signing_key("RS256")
     token = {
         "access_token": sign_compact(key, {"alg": "RS256", "typ": "at+jwt", "kid": key.kid},
                                      claims),
-        "token_type": "Bearer",
+        "token_type": "DPoP" if jkt else "Bearer",
         "expires_in": lifetime,
         "scope": scope or "",
     }
@@ -56,7 +62,7 @@ def new_access_token(settings, keys, *, grant_type: str, client_id: str, sub: st
     if secret:
         token["refresh_token"] = secret
     return token, {"jti": jti, "refresh": secret, "exp": issued + lifetime,
-                   "grant_type": grant_type}
+                   "grant_type": grant_type, "jkt": jkt}
 
 
 def token_row(settings, pending: dict, *, client_id: str, user_id: int | None, scope: str,
@@ -80,17 +86,33 @@ def token_row(settings, pending: dict, *, client_id: str, user_id: int | None, s
         "family_id": family_id or new_id(),
         "auth_time": auth_time,
         "amr": amr,
+        "dpop_jkt": pending.get("jkt"),
     }
 
 
 class BearerError(Exception):
-    def __init__(self, error: str, status: int, description: str):
+    """A refusal of a presented access token: ``scheme`` is the challenge's (``DPoP`` for a
+    DPoP-bound token or a DPoP proof's fault), ``nonce`` a DPoP nonce to send back."""
+
+    def __init__(self, error: str, status: int, description: str, scheme: str = "Bearer",
+                 nonce: str | None = None):
         super().__init__(description)
         self.error, self.status, self.description = error, status, description
+        self.scheme, self.nonce = scheme, nonce
 
 
-def authenticate_bearer(parts, header: str | None,
-                        required_scope: str | None = None) -> tuple[dict, Token, User | None]:
+@dataclass(frozen=True)
+class Proof:
+    """What a resource request offers to prove possession with (RFC 9449 §7): its ``DPoP``
+    headers, its method and its URL as the client addressed it (the issuer's, plus the path)."""
+
+    values: list
+    method: str
+    url: str
+
+
+def authenticate_bearer(parts, header: str | None, required_scope: str | None = None,
+                        proof: Proof | None = None) -> tuple[dict, Token, User | None]:
     """Check ``Authorization: Bearer <JWT access token>`` for the provider's own protected
     endpoints (userinfo, the phone's): signature, ``typ``, issuer, audience (RFC 9068 §4: ``aud``
     must name this provider, so a token minted for another resource is refused), expiry, not
@@ -100,7 +122,8 @@ def authenticate_bearer(parts, header: str | None,
     ``invalid_token`` or 403 ``insufficient_scope`` (RFC 6750 §3.1).
     """
     scheme, _, value = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    scheme = scheme.lower()
+    if scheme not in ("bearer", "dpop") or not value.strip():
         raise BearerError("invalid_token", 401, "Send an access token: Authorization: Bearer ...")
     value = value.strip()
     if len(value) > 8192:
@@ -118,6 +141,7 @@ def authenticate_bearer(parts, header: str | None,
     exp = claims.get("exp")
     if not isinstance(exp, (int, float)) or exp <= time.time():
         raise BearerError("invalid_token", 401, "The access token has expired.")
+    _check_binding(parts, claims, scheme, value, proof)
     jti = claims.get("jti")
     row = (parts.db.session.query(Token).filter_by(jti=jti).one_or_none()
            if isinstance(jti, str) else None)
@@ -128,3 +152,30 @@ def authenticate_bearer(parts, header: str | None,
                           f"The access token lacks scope {required_scope}.")
     user = parts.db.session.get(User, row.user_id) if row.user_id else None
     return claims, row, user
+
+
+def _check_binding(parts, claims: dict, scheme: str, value: str, proof: Proof | None) -> None:
+    """RFC 9449 §7: a DPoP-bound token (``cnf.jkt``) only with ``Authorization: DPoP`` and a
+    fresh proof by its key for this request and this token (``ath``); an unbound one only as
+    Bearer."""
+    cnf = claims.get("cnf")
+    bound = cnf.get("jkt") if isinstance(cnf, dict) else None
+    if scheme == "bearer":
+        if bound is not None:
+            raise BearerError("invalid_token", 401, "This access token is DPoP-bound: send it "
+                              "as Authorization: DPoP with a proof.", scheme="DPoP")
+        return
+    if bound is None:
+        raise BearerError("invalid_token", 401,
+                          "This access token is not DPoP-bound: send it as Bearer.")
+    try:
+        header = one_proof(proof.values) if proof is not None else None
+        if header is None:
+            raise DPoPError("Send a DPoP proof with a DPoP-bound access token.")
+        jkt = parts.dpop.check(header, proof.method, proof.url, access_token=value)
+    except DPoPError as exc:
+        raise BearerError(exc.error, 401, exc.description, scheme="DPoP",
+                          nonce=exc.nonce) from None
+    if jkt != bound:
+        raise BearerError("invalid_token", 401, "The DPoP proof is not by the access token's "
+                          "key.", scheme="DPoP")

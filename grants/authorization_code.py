@@ -31,6 +31,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from qr_oidc.grants.dpop import require_binding
 from qr_oidc.grants.refresh_token import revoke_family
 from qr_oidc.provider.security import digest, new_id
 from qr_oidc.provider.storage.models import RedeemedCode, User, now
@@ -127,6 +128,10 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             raise InvalidRequestError("Missing 'redirect_uri' in request.",
                                       state=request.payload.state)
         return redirect_uri
+
+    def validate_token_request(self):
+        super().validate_token_request()
+        require_binding(self.request.client, getattr(self.request, "dpop_jkt", None))
 
     # -- (B) the code ---------------------------------------------------------------------------
     def generate_authorization_code(self):

@@ -62,7 +62,9 @@ def presented(authorization: str | None, params: Mapping[str, str]) -> Presented
     """The one method a request uses. Raises InvalidRequestError for two at once, and
     InvalidClientError when none names a client."""
     basic = parse_basic(authorization)
-    body_id, body_secret = params.get("client_id"), params.get("client_secret")
+    # (tested first: a werkzeug MultiDict's miss raises and catches a BadRequestKeyError)
+    body_id = params.get("client_id") if "client_id" in params else None
+    body_secret = params.get("client_secret") if "client_secret" in params else None
     if basic is not None:
         if body_secret is not None:
             raise InvalidRequestError(

@@ -35,7 +35,8 @@ class QRTicketGrant(BaseGrant, TokenEndpointMixin):
 
     def validate_token_request(self):
         self._token = self.core.poll(self.GRANT_TYPE, self.request.payload.data,
-                                     self.authenticate_token_endpoint_client)
+                                     self.authenticate_token_endpoint_client,
+                                     getattr(self.request, "dpop_jkt", None))
 
     def create_token_response(self):
         return 200, self._token, self.TOKEN_RESPONSE_HEADER

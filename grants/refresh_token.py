@@ -16,6 +16,7 @@ import logging
 from authlib.oauth2.rfc6749 import InvalidGrantError, grants
 from sqlalchemy import case, select, update
 
+from qr_oidc.grants.dpop import require_binding
 from qr_oidc.provider.security import digest
 from qr_oidc.provider.storage.models import Token, User, now
 
@@ -26,6 +27,17 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
     INCLUDE_NEW_REFRESH_TOKEN = True
     parts = None  # set by the app factory
+
+    def validate_token_request(self):
+        """Authlib's checks, then DPoP's (RFC 9449 §5.0): a client that requires DPoP sends a
+        proof, and a public client's refresh token, bound to the key its tokens were bound to,
+        is used only with a proof by that key."""
+        super().validate_token_request()
+        jkt = getattr(self.request, "dpop_jkt", None)
+        client, row = self.request.client, self.request.refresh_token
+        require_binding(client, jkt)
+        if row.dpop_jkt and client.public and row.dpop_jkt != jkt:
+            raise InvalidGrantError("The refresh token is bound to another DPoP key.")
 
     def authenticate_refresh_token(self, refresh_token):
         if not isinstance(refresh_token, str) or len(refresh_token) > 200:

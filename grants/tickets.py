@@ -120,6 +120,7 @@ class Tickets:
         requester_ip: str | None = None,
         requester_ua: str | None = None,
         auth_request: dict | None = None,
+        dpop_jkt: str | None = None,
     ) -> NewTicket:
         for _attempt in range(5):
             ticket, scan_code = new_secret(), secrets.token_urlsafe(22)
@@ -144,6 +145,7 @@ class Tickets:
                 expires_at=created + self.ttl,
                 poll_interval=self.interval,
                 auth_request=auth_request,
+                dpop_jkt=dpop_jkt,
             )
             if not self.store.add(row):
                 continue  # a user code (34 bits) met a live one: draw new codes
@@ -272,14 +274,14 @@ class Tickets:
     # transaction of their own but the statement (one round trip on PostgreSQL). The store
     # runs them; these name what each one means to the token core.
     def record_poll(self, ticket_hash: str, client_id: str, at: float,
-                    push: bool = False) -> bool:
+                    push: bool = False, jkt: str | None = None) -> bool:
         """Record a token poll of a waiting ticket that came on time; False (and nothing
         changed) when the ticket is not ``client_id``'s, not waiting (pending or scanned),
         expired, or polled too early. One conditional ``UPDATE``, so the interval holds across
         instances: a poll up to 20% early (network jitter) is on time, the first always is.
         ``push``: the poll is the CIBA grant's, of a push request (else of a QR or device
-        ticket)."""
-        return self.store.record_poll(ticket_hash, client_id, at, push)
+        ticket). A ticket bound to a DPoP key counts only polls that proved it (``jkt``)."""
+        return self.store.record_poll(ticket_hash, client_id, at, push, jkt)
 
     def load_for_poll(self, ticket_hash: str) -> dict | None:
         """The ticket a poll names, with its user's claims once a user scanned it; None if

@@ -64,6 +64,7 @@ from authlib.oauth2.rfc8628 import (
 from authlib.oidc.core.grants.util import is_openid_scope
 
 from qr_oidc.grants.access_tokens import new_access_token, token_row
+from qr_oidc.grants.dpop import InvalidDPoPProofError, require_binding
 from qr_oidc.grants.openid import id_token
 from qr_oidc.provider.audit import audit
 from qr_oidc.provider.security import constant_equals, digest
@@ -131,11 +132,14 @@ class TokenCore:
         self.settings, self.keys, self.tickets = settings, keys, tickets
 
     def poll(self, grant_type: str, params: Mapping[str, str],
-             authenticate: Callable[[], object]) -> dict:
+             authenticate: Callable[[], object], dpop_jkt: str | None = None) -> dict:
         """Answer one token request of the QR or device grant: the token response's body, or
         an ``OAuth2Error`` raised. Runs in a thread of its own (it waits for the database).
         ``authenticate()`` returns the authenticated client (with ``client_id``,
-        ``check_grant_type`` and ``id_token_signed_response_alg``) or raises."""
+        ``check_grant_type`` and ``id_token_signed_response_alg``) or raises. ``dpop_jkt`` is the
+        thumbprint of the key the request's DPoP proof showed (checked already, grants/dpop.py):
+        the tokens are bound to it, and a ticket bound to a key answers only polls that prove
+        it."""
         name = CREDENTIAL[grant_type]
         secret = params.get(name)
         if not secret:
@@ -143,19 +147,29 @@ class TokenCore:
         client = authenticate()
         if not client.check_grant_type(grant_type):
             raise UnauthorizedClientError(f"The client may not use grant type {grant_type}.")
-        resource = check_resource(params.get("resource"))
+        if dpop_jkt is None:
+            require_binding(client, dpop_jkt)
+        # (a werkzeug MultiDict's miss raises and catches a BadRequestKeyError: about 1 us)
+        resource = check_resource(params.get("resource") if "resource" in params else None)
         if len(secret) > 200:
             raise InvalidGrantError(INVALID)
         secret_hash, at = digest(secret), now()
         tickets = self.tickets
         push = grant_type == CIBA_GRANT_TYPE
-        if tickets.record_poll(secret_hash, client.client_id, at, push):
-            raise AuthorizationPendingError(PENDING)
+        if tickets.record_poll(secret_hash, client.client_id, at, push, dpop_jkt):
+            # (the description set after: Authlib checks a given one's characters, about 10 us
+            # a pending poll, and this constant's are valid)
+            pending = AuthorizationPendingError()
+            pending.description = PENDING
+            raise pending
         ticket = tickets.load_for_poll(secret_hash)
         if (ticket is None or ticket["client_id"] != client.client_id
                 or (ticket["kind"] == "push") != push or ticket["kind"] not in AMR
                 or ticket["status"] == "redeemed"):
             raise InvalidGrantError(INVALID)
+        if ticket["dpop_jkt"] and ticket["dpop_jkt"] != dpop_jkt:
+            raise InvalidDPoPProofError("The ticket is bound to a DPoP key this request did not "
+                                        "prove.")
         if ticket["status"] == "denied":
             raise AccessDeniedError("The user cancelled the login.")
         if at >= ticket["expires_at"]:
@@ -171,9 +185,9 @@ class TokenCore:
                 raise InvalidRequestError("Missing 'code_verifier'.")
             if not verifier_matches(verifier, ticket["code_challenge"]):
                 raise InvalidGrantError("The code_verifier does not match the code_challenge.")
-        return self._issue(grant_type, client, ticket, resource)
+        return self._issue(grant_type, client, ticket, resource, dpop_jkt)
 
-    def _issue(self, grant_type, client, ticket: dict, resource) -> dict:
+    def _issue(self, grant_type, client, ticket: dict, resource, jkt: str | None) -> dict:
         """Sign, then write: the access token and the ID token are made before the transaction
         that uses the ticket up, so that transaction is only the redeem, the token row and the
         commit."""
@@ -184,7 +198,7 @@ class TokenCore:
             settings, keys, grant_type=grant_type, client_id=client_id, sub=ticket["sub"],
             scope=scope, aud=resource,
             refresh=client.check_grant_type("refresh_token")
-            and "offline_access" in (scope_to_list(scope) or []))
+            and "offline_access" in (scope_to_list(scope) or []), jkt=jkt)
         auth_time = int(ticket["decided_at"]) if ticket["decided_at"] else None
         if is_openid_scope(token["scope"]):
             token["id_token"] = id_token(

@@ -64,6 +64,8 @@ class Settings:
     delivery_ttl: int = 300
     delivery_queue_max: int = 10000
     delivery_timeout: float = 5.0
+    # DPoP (RFC 9449, grants/dpop.py): proofs must carry a server nonce (DPoP-Nonce)
+    dpop_nonces: bool = False
     # Tokens
     access_token_ttl: int = 3600
     id_token_ttl: int = 3600

@@ -34,6 +34,7 @@ def test_the_clients_own_origin_may_create_tickets_and_read_tokens(provider):
     assert poll.status_code == 400  # pending: the error is readable by the page too
     assert poll.headers["Access-Control-Allow-Origin"] == RP_ORIGIN
     assert "Retry-After" in poll.headers["Access-Control-Expose-Headers"]
+    assert "DPoP-Nonce" in poll.headers["Access-Control-Expose-Headers"]
 
     status = requests.post(provider.url + "/qr/status", data={"ticket": mine.json()["ticket"]},
                            headers={"Origin": "https://anywhere.example"}, timeout=10)
@@ -47,7 +48,8 @@ def test_a_preflight_is_answered_without_credentials(provider):
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == RP_ORIGIN
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
-    assert response.headers["Access-Control-Allow-Headers"] == "Content-Type"
+    # a DPoP proof is a header of its own (RFC 9449 §4.1): a browser may send it
+    assert response.headers["Access-Control-Allow-Headers"] == "Content-Type, DPoP"
     assert "Access-Control-Allow-Credentials" not in response.headers
 
 

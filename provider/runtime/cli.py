@@ -259,10 +259,12 @@ AUTH_METHODS = click.Choice(["client_secret_basic", "client_secret_post", "none"
               help="Push login (CIBA): how the client learns of a decision (default poll).")
 @click.option("--backchannel-client-notification-endpoint", "notification_endpoint",
               default=None, help="Push login in ping mode: where the provider pings (https).")
+@click.option("--require-dpop", is_flag=True,
+              help="Every token of this client is DPoP-bound (RFC 9449): no proof, no token.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the client as JSON.")
 def clients_create(name, public, first_party, number_matching, redirect_uris, grant_types, scope,
                    logo_uri, id_token_alg, auth_method, ticket_rate, delivery_mode,
-                   notification_endpoint, as_json):
+                   notification_endpoint, require_dpop, as_json):
     """Register a client; prints its client_id (and client_secret, shown only once)."""
     if not name.strip() or len(name) > 200:
         raise click.BadParameter("must be 1 to 200 characters, not blank", param_hint="--name")
@@ -315,6 +317,7 @@ def clients_create(name, public, first_party, number_matching, redirect_uris, gr
         ticket_rate=ticket_rate,
         backchannel_token_delivery_mode=delivery_mode,
         backchannel_client_notification_endpoint=notification_endpoint,
+        require_dpop=require_dpop,
     )
     with database.session_factory() as session:
         session.add(row)
@@ -363,8 +366,11 @@ def _print_client(row: Client, secret: str | None, as_json: bool) -> None:
 @click.option("--ticket-rate", default=None, callback=_check_ticket_rate,
               help="COUNT/SECONDS or off; 'default' goes back to QR_OIDC_RATE_TICKET_CLIENT.")
 @click.option("--number-matching/--no-number-matching", default=None)
+@click.option("--require-dpop/--no-require-dpop", default=None,
+              help="Every token of this client DPoP-bound, or not.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the client as JSON.")
-def clients_update(client_id, rotate_secret, auth_method, ticket_rate, number_matching, as_json):
+def clients_update(client_id, rotate_secret, auth_method, ticket_rate, number_matching,
+                   require_dpop, as_json):
     """Change a client; every running instance uses the change within a second."""
     database = _database(_settings())
     secret = None
@@ -387,6 +393,8 @@ def clients_update(client_id, rotate_secret, auth_method, ticket_rate, number_ma
             row.ticket_rate = None if ticket_rate == "default" else ticket_rate
         if number_matching is not None:
             row.number_matching = number_matching
+        if require_dpop is not None:
+            row.require_dpop = require_dpop
         session.commit()
         _print_client(row, secret, as_json)
 
@@ -404,6 +412,7 @@ def client_json(row: Client) -> dict:
         "id_token_signed_response_alg": row.id_token_signed_response_alg or "RS256",
         "token_endpoint_auth_method": row.auth_method,
         "ticket_rate": row.ticket_rate,
+        "dpop_bound_access_tokens": bool(row.require_dpop),
         **({"backchannel_token_delivery_mode": row.backchannel_token_delivery_mode,
             "backchannel_client_notification_endpoint":
                 row.backchannel_client_notification_endpoint}

@@ -58,6 +58,8 @@ class Client(Base, ClientMixin):
     # push login (CIBA): poll | ping, and where a ping goes (grants/ciba.py)
     backchannel_token_delivery_mode: Mapped[str | None] = mapped_column(String(8))
     backchannel_client_notification_endpoint: Mapped[str | None] = mapped_column(String(2000))
+    # every token of this client is DPoP-bound (RFC 9449 §5.2 dpop_bound_access_tokens)
+    require_dpop: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
     @property
@@ -183,6 +185,8 @@ class Ticket(Base):
     # client_notification_token, sealed (it is sent back to the client, so it cannot be a digest)
     binding_message: Mapped[str | None] = mapped_column(String(64))
     notification_token: Mapped[str | None] = mapped_column(Text)
+    # the DPoP key (RFC 7638 thumbprint) the ticket was created with: only polls proving it redeem
+    dpop_jkt: Mapped[str | None] = mapped_column(String(64))
 
     def is_expired(self, at: float | None = None) -> bool:
         return (at or now()) >= self.expires_at
@@ -263,6 +267,9 @@ class Token(Base):
     family_id: Mapped[str | None] = mapped_column(String(32), index=True)
     auth_time: Mapped[float | None] = mapped_column(Float)
     amr: Mapped[str | None] = mapped_column(String(32))
+    # the DPoP key the access token is bound to (its cnf.jkt); a public client's refresh token
+    # is bound to it too (RFC 9449 §5.0)
+    dpop_jkt: Mapped[str | None] = mapped_column(String(64))
 
     # Authlib's refresh token grant, and the OpenID extension on a refresh
     def check_client(self, client):

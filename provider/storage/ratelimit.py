@@ -146,6 +146,14 @@ class RateLimiter:
             raise TooManyRequests(max(1, math.ceil(ends - at)))
         return key, ends
 
+    def first_use(self, value: str, until: float) -> bool:
+        """True the first time ``value`` is seen before ``until`` (a DPoP proof's key and jti,
+        grants/dpop.py), False every later time: one atomic increment of a counter that lives
+        until then, in the database or Redis, so a replay is caught on any instance."""
+        name = f"{self.namespace}|once|{value}"
+        key = "qr-oidc:once:" + hashlib.sha256(name.encode()).hexdigest()
+        return self._count(key, until, 1) == 1
+
     def client_limit(self, client) -> Limit | None:
         """A client's ticket creation limit: its own (``clients create --ticket-rate``), else
         QR_OIDC_RATE_TICKET_CLIENT."""

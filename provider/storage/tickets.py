@@ -65,7 +65,7 @@ TICKET_KINDS = ("qr", "device")
 # the token row issuance writes with the redeem (``grants/access_tokens.token_row``'s keys)
 TOKEN_COLUMNS = ("jti", "client_id", "user_id", "grant_type", "scope", "issued_at", "expires_at",
                  "revoked", "refresh_token_hash", "refresh_expires_at", "refresh_status",
-                 "family_id", "auth_time", "amr")
+                 "family_id", "auth_time", "amr", "dpop_jkt")
 
 
 # -- the raw statements, as Core expressions -----------------------------------------------------
@@ -82,8 +82,9 @@ def _param(name: str, column):
 
 def _poll(kinds: tuple[str, ...]):
     """An on-time poll of a waiting ticket of this client, of one of ``kinds`` (the grant's:
-    QR and device tickets, or push requests): its ``last_poll_at`` (one row), or nothing. A
-    poll up to 20% early (network jitter) is on time; the first always is."""
+    QR and device tickets, or push requests), unbound or bound to the DPoP key ``k`` the poll
+    proved: its ``last_poll_at`` (one row), or nothing. A poll up to 20% early (network
+    jitter) is on time; the first always is."""
     at = _param("at", _T.c.last_poll_at)
     kind = (_T.c.kind == _const(kinds[0]) if len(kinds) == 1
             else _T.c.kind.in_([_const(k) for k in kinds]))
@@ -91,6 +92,7 @@ def _poll(kinds: tuple[str, ...]):
             .where(_T.c.ticket_hash == _param("h", _T.c.ticket_hash),
                    _T.c.client_id == _param("c", _T.c.client_id),
                    kind,
+                   or_(_T.c.dpop_jkt.is_(None), _T.c.dpop_jkt == _param("k", _T.c.dpop_jkt)),
                    _T.c.status.in_([_const("pending"), _const("scanned")]),
                    _T.c.expires_at > at,
                    or_(_T.c.last_poll_at.is_(None),
@@ -116,8 +118,8 @@ def _with_user(*columns):
 def _load():
     return _with_user(_T.c.id, _T.c.client_id, _T.c.kind, _T.c.status, _T.c.expires_at,
                       _T.c.user_id, _T.c.scope, _T.c.nonce, _T.c.decided_at,
-                      _T.c.code_challenge, _U.c.sub, _U.c.username, _U.c.name, _U.c.email,
-                      _U.c.picture)
+                      _T.c.code_challenge, _T.c.dpop_jkt, _U.c.sub, _U.c.username, _U.c.name,
+                      _U.c.email, _U.c.picture)
 
 
 def _status():
@@ -128,7 +130,7 @@ def _status():
 def _client():
     return (select(_C.c.secret_hash, _C.c.public, _C.c.grant_types,
                    _C.c.id_token_signed_response_alg, _C.c.token_endpoint_auth_method,
-                   _C.c.redirect_uris)
+                   _C.c.redirect_uris, _C.c.require_dpop)
             .where(_C.c.client_id == _param("c", _C.c.client_id)))
 
 
@@ -341,12 +343,13 @@ class TicketStore:
         return self.db.autocommit_engine
 
     def record_poll(self, ticket_hash: str, client_id: str, at: float,
-                    push: bool = False) -> bool:
+                    push: bool = False, jkt: str | None = None) -> bool:
         """``last_poll_at = at`` if the poll is on time for a waiting, unexpired ticket of
-        ``client_id`` (a push request if ``push``, else a QR or device ticket): one conditional
-        ``UPDATE``; False when nothing changed."""
+        ``client_id`` (a push request if ``push``, else a QR or device ticket), not bound to a
+        DPoP key other than ``jkt``: one conditional ``UPDATE``; False when nothing changed."""
         statement = self._poll_push if push else self._poll
-        return self._raw(statement, {"h": ticket_hash, "c": client_id, "at": at}).rowcount == 1
+        return self._raw(statement, {"h": ticket_hash, "c": client_id, "at": at,
+                                     "k": jkt}).rowcount == 1
 
     def load_for_poll(self, ticket_hash: str) -> dict | None:
         row = self._raw(self._load, {"h": ticket_hash}).fetchone()
@@ -361,18 +364,18 @@ class TicketStore:
 
     def client_for_poll(self, client_id: str):
         """(secret_hash, public, grant_types, id_token_alg, token_endpoint_auth_method,
-        redirect_uris) of a client, or None. The JSON columns come as text from sqlite3 and
-        decoded from psycopg: both give the same values here."""
+        redirect_uris, require_dpop) of a client, or None. The JSON columns come as text from
+        sqlite3 and decoded from psycopg: both give the same values here."""
         row = self._raw(self._client, {"c": client_id}).fetchone()
         if row is None:
             return None
-        secret_hash, public, grant_types, id_token_alg, auth_method, redirect_uris = row
+        secret_hash, public, grant_types, id_token_alg, auth_method, redirect_uris, dpop = row
         if isinstance(grant_types, str):
             grant_types = json.loads(grant_types)
         if isinstance(redirect_uris, str):
             redirect_uris = json.loads(redirect_uris)
         return (secret_hash, bool(public), frozenset(grant_types or ()), id_token_alg,
-                auth_method, tuple(redirect_uris or ()))
+                auth_method, tuple(redirect_uris or ()), bool(dpop))
 
     def redeem_with_token(self, ticket_id: str, token: Mapping) -> bool:
         """approved -> redeemed and the token row (``TOKEN_COLUMNS``), in one transaction; False

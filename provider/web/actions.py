@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from authlib.oauth2 import OAuth2Error
 
-from qr_oidc.grants.access_tokens import BearerError, authenticate_bearer
+from qr_oidc.grants.access_tokens import BearerError, Proof, authenticate_bearer
+from qr_oidc.grants.dpop import ALGORITHMS as DPOP_ALGORITHMS
 from qr_oidc.grants.tickets import TicketError
 from qr_oidc.provider.security import digest, normalize_user_code
 from qr_oidc.provider.storage.models import Client, User
@@ -52,10 +53,17 @@ def too_many(exc: TooManyRequests) -> Answer:
 
 
 def bearer_error(exc: BearerError) -> Answer:
-    challenge = f'Bearer error="{exc.error}", error_description="{exc.description}"'
+    """RFC 6750 §3's challenge, or RFC 9449 §7.1's (``DPoP``, with the algorithms a proof may
+    use, and ``DPoP-Nonce`` when the proof must carry the server's nonce)."""
+    challenge = f'{exc.scheme} error="{exc.error}", error_description="{exc.description}"'
     if exc.error == "insufficient_scope":
         challenge += ', scope="qr:approve"' if "qr:approve" in exc.description else ""
-    return error(exc.error, exc.status, exc.description, {"WWW-Authenticate": challenge})
+    headers = {"WWW-Authenticate": challenge}
+    if exc.scheme == "DPoP":
+        headers["WWW-Authenticate"] += f', algs="{" ".join(DPOP_ALGORITHMS)}"'
+        if exc.nonce:
+            headers["DPoP-Nonce"] = exc.nonce
+    return error(exc.error, exc.status, exc.description, headers)
 
 
 def oauth_refusal(exc: OAuth2Error) -> Answer:
@@ -135,12 +143,13 @@ def status_key(secret: str) -> str:
 
 # -- the phone's side --------------------------------------------------------------------------
 def mobile(parts, action: str, authorization: str | None,
-           params: Callable[[], Mapping[str, str]], remote_addr: str | None) -> Answer:
+           params: Callable[[], Mapping[str, str]], remote_addr: str | None,
+           proof: Proof | None = None) -> Answer:
     """``scan``, ``approve`` or ``deny`` for the signed-in phone app (Bearer ``qr:approve``).
     ``params()`` reads the body (raising ``OAuth2Error`` for one that is not a body)."""
     try:
         _claims, _row, user = authenticate_bearer(parts, authorization,
-                                                  required_scope="qr:approve")
+                                                  required_scope="qr:approve", proof=proof)
     except BearerError as exc:
         return bearer_error(exc)
     if user is None:
@@ -216,12 +225,13 @@ class Inbox:
 
 
 def inbox(parts, authorization: str | None, params: Callable[[], Mapping[str, str]],
-          remote_addr: str | None, long_poll_max: float) -> Inbox | Answer:
+          remote_addr: str | None, long_poll_max: float,
+          proof: Proof | None = None) -> Inbox | Answer:
     """The signed-in user's (Bearer ``qr:approve``) undecided push requests; with ``wait`` (and
     the ``cursor`` of the last answer) the caller may hold the answer until they change."""
     try:
         _claims, _row, user = authenticate_bearer(parts, authorization,
-                                                  required_scope="qr:approve")
+                                                  required_scope="qr:approve", proof=proof)
     except BearerError as exc:
         return bearer_error(exc)
     if user is None:

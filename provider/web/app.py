@@ -16,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from qr_oidc.grants import register as register_grants
 from qr_oidc.grants.ciba import PushLogins
+from qr_oidc.grants.dpop import DPoP, Nonces
 from qr_oidc.grants.tickets import Tickets
 from qr_oidc.grants.token_core import TokenCore
 from qr_oidc.keys import KeyError_, KeyStore
@@ -64,6 +65,7 @@ class Parts:
     codes: object = None  # seals authorization codes (grants/authorization_code.py)
     core: object = None  # the token core of the ticket grants (grants/token_core.py)
     push: object = None  # push login's requests (grants/ciba.py)
+    dpop: object = None  # DPoP proof checks (grants/dpop.py)
     outbox: object = None  # notices to send: CIBA pings, push gateway (storage/deliveries.py)
 
 
@@ -98,6 +100,8 @@ def create_app(overrides: config.Settings | dict | None = None) -> Flask:
     parts.core = TokenCore(settings, keys, parts.tickets)
     parts.push = PushLogins(settings, keys, parts.tickets, database)
     parts.limiter = RateLimiter(database, settings)
+    parts.dpop = DPoP(parts.limiter.first_use,
+                      Nonces(app.secret_key) if settings.dpop_nonces else None)
     # (the issuer is bound in: another deployment sharing the secret cannot open these)
     parts.codes = seal.Sealer(app.secret_key, f"authorization code {settings.issuer}")
     app.extensions["qr_oidc"] = parts

@@ -20,6 +20,7 @@ class ClientRecord:
     id_token_signed_response_alg: str | None
     auth_method: str
     redirect_uris: tuple
+    require_dpop: bool = False
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.grant_types

@@ -62,13 +62,14 @@ def answer_headers(origin: str, *, any_origin: bool = False, preflight: bool = F
     if preflight:
         headers += [("Access-Control-Allow-Origin", origin),
                     ("Access-Control-Allow-Methods", "POST"),
-                    ("Access-Control-Allow-Headers", "Content-Type"),
+                    # (a DPoP proof travels in its own header, RFC 9449 §4.1)
+                    ("Access-Control-Allow-Headers", "Content-Type, DPoP"),
                     ("Access-Control-Max-Age", "600")]
     elif any_origin:
         headers.append(("Access-Control-Allow-Origin", "*"))
     elif allowed():
         headers += [("Access-Control-Allow-Origin", origin),
-                    ("Access-Control-Expose-Headers", "Retry-After")]
+                    ("Access-Control-Expose-Headers", "Retry-After, DPoP-Nonce")]
     headers.append(("Vary", "Origin"))
     return headers
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import jsonify
 
 from qr_oidc.grants.ciba import DELIVERY_MODES
+from qr_oidc.grants.dpop import ALGORITHMS as DPOP_ALGORITHMS
 from qr_oidc.provider.storage.models import CIBA_GRANT_TYPE, DEVICE_GRANT_TYPE, QR_GRANT_TYPE
 from qr_oidc.provider.web.api import bp
 from qr_oidc.provider.web.responses import parts, url
@@ -57,6 +58,7 @@ def discovery():
             "client_secret_basic", "client_secret_post", "none",
         ],
         "code_challenge_methods_supported": ["S256"],
+        "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
         "claims_supported": [
             "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr", "at_hash",
             "name", "preferred_username", "picture", "email", "email_verified",

@@ -38,6 +38,8 @@ from authlib.oauth2 import OAuth2Error
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from qr_oidc.grants.access_tokens import Proof
+from qr_oidc.grants.dpop import values_of
 from qr_oidc.grants.signals import browser_label
 from qr_oidc.provider.audit import PEER
 from qr_oidc.provider.storage.notify import SqliteWatcher, pg_listen
@@ -98,8 +100,9 @@ class EventApp:
         self.clients = ClientCache(parts.tickets)
         self.token_polls = TokenPolls(parts, self.clients, self._db)
         self.long_polls = LongPolls(parts, self._read_status)
-        self.inbox_polls = InboxPolls(parts, self._db, self.long_polls)
+        self.inbox_polls = InboxPolls(parts, self._db, self.long_polls, self.proof)
         self.secure = settings.secure
+        self.issuer = settings.issuer
         self.json_headers = [(k.encode(), v.encode())
                              for k, v in security_headers("application/json", self.secure)]
         hops = settings.trusted_proxies
@@ -136,7 +139,7 @@ class EventApp:
         else:
             answer = await self._db(request, actions.mobile, self.parts, MOBILE[path],
                                     request.headers.get("authorization"), request.params,
-                                    request.ip)
+                                    request.ip, self.proof(request))
         await self._send(send, request, answer)
         return None
 
@@ -188,6 +191,11 @@ class EventApp:
     def shutting_down(self) -> None:
         """The server stops: every held long poll answers now with what it knows."""
         self.long_polls.shutting_down()
+
+    def proof(self, request: Request) -> Proof:
+        """What the request offers as a DPoP proof, for the URL the client addressed (the
+        issuer's, behind any proxy)."""
+        return Proof(values_of(request.headers.get("dpop")), "POST", self.issuer + request.path)
 
     # -- plumbing ------------------------------------------------------------------------------
     async def _read_body(self, scope, receive, send) -> bytes | None:

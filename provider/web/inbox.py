@@ -21,10 +21,10 @@ from qr_oidc.provider.web.event_request import Request
 class InboxPolls:
     """``run(request, function, *args)`` runs ``function`` in a database thread and makes a
     failure an answer (``EventApp._db``); ``long_polls`` is the process's LongPolls, whose
-    ceiling these share."""
+    ceiling these share; ``proof(request)`` what the request offers as a DPoP proof."""
 
-    def __init__(self, parts, run, long_polls):
-        self.parts, self.run, self.long_polls = parts, run, long_polls
+    def __init__(self, parts, run, long_polls, proof):
+        self.parts, self.run, self.long_polls, self.proof = parts, run, long_polls, proof
         self.per_user = parts.settings.long_polls_per_ticket
         self.held_per_user: dict[int, int] = {}
 
@@ -32,7 +32,7 @@ class InboxPolls:
         parts = self.parts
         found = await self.run(request, actions.inbox, parts,
                                request.headers.get("authorization"), request.params,
-                               request.ip, parts.settings.long_poll_max)
+                               request.ip, parts.settings.long_poll_max, self.proof(request))
         if isinstance(found, actions.Answer):
             return found
         if (found.wait <= 0 or found.cursor != (found.known or found.cursor)

@@ -13,12 +13,13 @@ from flask import request
 from qr_oidc.provider.web import actions
 from qr_oidc.provider.web.api import bp
 from qr_oidc.provider.web.body import body_params
-from qr_oidc.provider.web.responses import parts, respond
+from qr_oidc.provider.web.responses import parts, proof, respond
 
 
 def _mobile(action: str):
     return respond(actions.mobile(parts(), action, request.headers.get("Authorization"),
-                                  lambda: body_params(request), request.remote_addr))
+                                  lambda: body_params(request), request.remote_addr,
+                                  proof()))
 
 
 @bp.post("/qr/scan")
@@ -40,5 +41,5 @@ def deny():
 def inbox():
     found = actions.inbox(parts(), request.headers.get("Authorization"),
                           lambda: body_params(request), request.remote_addr,
-                          parts().settings.long_poll_max)
+                          parts().settings.long_poll_max, proof())
     return respond(found if isinstance(found, actions.Answer) else found.answer())

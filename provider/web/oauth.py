@@ -19,7 +19,7 @@ from authlib.integrations.flask_oauth2.requests import (
 )
 from authlib.oauth2 import OAuth2Request
 from authlib.oauth2.rfc6749.util import scope_to_list
-from flask import current_app
+from flask import current_app, g
 from flask import request as flask_request
 
 from qr_oidc.grants import client_auth
@@ -96,7 +96,10 @@ class Server(AuthorizationServer):
             return request
         if flask_request.method == "GET" or flask_request.endpoint == "pages.authorize":
             return FlaskOAuth2Request(flask_request)
-        return BodyRequest(flask_request)
+        oauth_request = BodyRequest(flask_request)
+        # the key the token request's DPoP proof showed (provider/web/token.py checked it)
+        oauth_request.dpop_jkt = g.get("dpop_jkt")
+        return oauth_request
 
     def authenticate_client(self, request, methods, endpoint="token"):
         """Every endpoint's client authentication, the event path's too: grants/client_auth.py."""
@@ -122,6 +125,7 @@ class Server(AuthorizationServer):
             client_id=client.client_id, sub=user.sub if user else client.client_id, scope=scope,
             aud=requested_resource(), lifetime=expires_in,
             refresh=include_refresh_token and "offline_access" in (scope_to_list(scope) or []),
+            jkt=g.get("dpop_jkt"),
         )
         # what save_token stores; it takes it off the token before the response is made
         token[_PENDING] = pending

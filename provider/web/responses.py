@@ -8,9 +8,10 @@ Errors are JSON ``{"error", "error_description"}`` with the status SPEC.md names
 from __future__ import annotations
 
 from authlib.oauth2 import OAuth2Error
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, jsonify, request
 
-from qr_oidc.grants.access_tokens import BearerError
+from qr_oidc.grants.access_tokens import BearerError, Proof
+from qr_oidc.grants.dpop import values_of
 from qr_oidc.provider.storage.ratelimit import TooManyRequests
 from qr_oidc.provider.web import actions
 
@@ -62,3 +63,9 @@ def respond(answer: actions.Answer) -> Response:
     response.status_code = answer.status
     response.headers.update(answer.headers)
     return response
+
+
+def proof() -> Proof:
+    """What this request offers as a DPoP proof, for the URL the client addressed (the issuer's
+    plus the path, whatever proxy is in between)."""
+    return Proof(values_of(request.headers.get("DPoP")), request.method, url(request.path))

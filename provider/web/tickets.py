@@ -24,7 +24,9 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Response, request
 
+from qr_oidc.grants import dpop
 from qr_oidc.grants.ciba import NOT_FOR_A_SCREEN
+from qr_oidc.grants.dpop import DPoPError, InvalidDPoPProofError, one_proof, values_of
 from qr_oidc.provider.storage.models import (
     DEVICE_GRANT_TYPE,
     QR_GRANT_TYPE,
@@ -111,6 +113,7 @@ def _create_ticket(kind: str, grant_type: str):
             raise InvalidRequestError("code_challenge_method without code_challenge.")
     else:
         challenge = method = None
+    dpop_jkt = _ticket_binding(data)
     return client, parts().tickets.create(
         client,
         scope,
@@ -120,7 +123,27 @@ def _create_ticket(kind: str, grant_type: str):
         code_challenge_method=method,
         requester_ip=requester_ip,
         requester_ua=requester_ua,
+        dpop_jkt=dpop_jkt,
     )
+
+
+_JKT = re.compile(r"^[A-Za-z0-9_-]{43}$")  # a base64url SHA-256 thumbprint (RFC 7638)
+
+
+def _ticket_binding(data) -> str | None:
+    """The DPoP key a new ticket is bound to: the one its creation request proves (a ``DPoP``
+    header), or a ``dpop_jkt`` parameter (as RFC 9449 §10 has for authorization requests); both
+    must then agree. Only polls that prove that key redeem the ticket."""
+    named = data.get("dpop_jkt") or None
+    if named is not None and not _JKT.match(named):
+        raise InvalidRequestError("dpop_jkt must be a JWK SHA-256 thumbprint (43 characters).")
+    header = one_proof(values_of(request.headers.get("DPoP")))
+    if header is None:
+        return named
+    proved = parts().dpop.check(header, "POST", url(request.path))
+    if named is not None and named != proved:
+        raise InvalidDPoPProofError("The DPoP proof is not by the key dpop_jkt names.")
+    return proved
 
 
 def qr_content(scan_code: str) -> str:
@@ -131,6 +154,9 @@ def _new_ticket(kind: str, grant_type: str):
     """(the new ticket, None), or (None, the error response)."""
     try:
         _client, new = _create_ticket(kind, grant_type)
+    except DPoPError as exc:
+        parts().db.session.rollback()
+        return None, oauth_error(dpop.oauth_error(exc))
     except OAuth2Error as exc:
         parts().db.session.rollback()
         return None, oauth_error(exc)

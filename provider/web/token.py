@@ -12,17 +12,19 @@ import time
 
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749.util import scope_to_list
-from flask import request
+from flask import g, request
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from qr_oidc.grants import dpop
 from qr_oidc.grants.access_tokens import (
     ACCESS_TOKEN_ALGS,
     BearerError,
     authenticate_bearer,
 )
+from qr_oidc.grants.dpop import DPoPError, one_proof, values_of
 from qr_oidc.grants.openid import user_claims
 from qr_oidc.grants.refresh_token import revoke_family
 from qr_oidc.provider.audit import discard_after_rollback, flush_after_commit
@@ -36,12 +38,27 @@ from qr_oidc.provider.web.responses import (
     json_response,
     oauth_error,
     parts,
+    proof,
+    url,
 )
+
+
+def token_proof(p) -> str | None:
+    """The key (thumbprint) a token request's DPoP proof shows, None without a proof; raises
+    DPoPError. RFC 9449 §4.3 for ``POST`` to the token endpoint as the client addressed it."""
+    header = one_proof(values_of(request.headers.get("DPoP")))
+    if header is None:
+        return None
+    return p.dpop.check(header, "POST", url("/token"))
 
 
 @bp.post("/token")
 def token():
     p = parts()
+    try:
+        g.dpop_jkt = token_proof(p)
+    except DPoPError as exc:
+        return oauth_error(dpop.oauth_error(exc))
     try:
         response = p.server.create_token_response()
     except OAuth2Error as exc:  # e.g. a body that is not a form
@@ -64,7 +81,7 @@ def token():
 def userinfo():
     try:
         _claims, row, user = authenticate_bearer(parts(), request.headers.get("Authorization"),
-                                                 required_scope="openid")
+                                                 required_scope="openid", proof=proof())
     except BearerError as exc:
         return bearer_error(exc)
     if user is None:
@@ -162,12 +179,15 @@ def introspect():
         "active": True,
         "scope": row.scope,
         "client_id": row.client_id,
-        "token_type": "Bearer" if kind == "access_token" else "refresh_token",
+        "token_type": ("DPoP" if row.dpop_jkt else "Bearer") if kind == "access_token"
+        else "refresh_token",
         "exp": int(expires) if expires else None,
         "iat": int(row.issued_at),
         "iss": p.settings.issuer,
         "jti": row.jti if kind == "access_token" else None,
     }
+    if row.dpop_jkt and kind == "access_token":
+        body["cnf"] = {"jkt": row.dpop_jkt}  # RFC 9449 §6.2: the key it is bound to
     if user is not None:
         body["sub"] = user.sub
         if "profile" in (scope_to_list(row.scope) or []):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from authlib.oauth2 import OAuth2Error
 
-from qr_oidc.grants import client_auth
+from qr_oidc.grants import client_auth, dpop
+from qr_oidc.grants.dpop import DPoPError, one_proof, values_of
 from qr_oidc.grants.token_core import CREDENTIAL
 from qr_oidc.provider.web import actions, cors
 from qr_oidc.provider.web.client_cache import ClientCache
@@ -28,6 +29,7 @@ class TokenPolls:
 
     def __init__(self, parts, clients: ClientCache, run):
         self.parts, self.clients, self.run = parts, clients, run
+        self.token_url = parts.settings.issuer + "/token"
 
     @staticmethod
     def ticket_grant(request: Request) -> str | None:
@@ -48,8 +50,12 @@ class TokenPolls:
 
         def poll():
             try:
+                jkt = self._proof(request)
                 answer = actions.Answer(200, self.parts.core.poll(grant_type, params,
-                                                                  authenticate), TOKEN_HEADERS)
+                                                                  authenticate, jkt),
+                                        TOKEN_HEADERS)
+            except DPoPError as exc:
+                answer = actions.oauth_refusal(dpop.oauth_error(exc))
             except OAuth2Error as exc:
                 answer = actions.oauth_refusal(exc)
             origin = request.headers.get("origin")
@@ -59,6 +65,14 @@ class TokenPolls:
             return answer
 
         return await self.run(request, poll)
+
+    def _proof(self, request: Request) -> str | None:
+        """The key a DPoP proof of this token request shows (grants/dpop.py), None without one;
+        raises DPoPError."""
+        header = request.headers.get("dpop")
+        if header is None:
+            return None
+        return self.parts.dpop.check(one_proof(values_of(header)), "POST", self.token_url)
 
     def _origin_allowed(self, request: Request, params, origin: str) -> bool:
         client_id = client_auth.presented_id(request.headers.get("authorization"), params)
