@@ -207,6 +207,9 @@ def phone_signs_in(phone, demo) -> None:
     phone.get_by_label("Password", exact=True).fill("demo-password")
     phone.get_by_role("button", name="Sign in").click()
     expect(phone.locator("#phone-user")).to_contain_text("Signed in as Dana Demo")
+    # the app's token (authorization code with PKCE, a navigation there and back) is in, and
+    # the inbox has answered once
+    expect(phone.locator("#phone-inbox")).to_have_attribute("data-state", "ready")
     phone.wait_for_load_state("load")  # phone.js and the QR decoder are ready
 
 
@@ -535,3 +538,228 @@ def test_hosted_login_cancelled_on_the_phone_returns_access_denied(contexts, dem
     query = {k: v[0] for k, v in parse_qs(urlsplit(computer.url).query).items()}
     assert query["error"] == "access_denied" and query["state"] == flow["state"]
     assert "code" not in query
+
+
+
+# -- push login (CIBA): the demo shop's server asks, the phone's inbox shows it live -------------
+PUSH_MESSAGE = "Demo shop: sign in at the counter?"
+
+
+def risk_texts(risk: dict) -> list[str]:
+    """The hints as the phone words them, from the inbox answer's ``risk``."""
+    texts = ["Same network as this phone" if risk["same_network"]
+             else "Not on this phone's network"]
+    if risk["first_time"]:
+        texts.append("First request from this browser and address")
+    if risk["recent_denials"]:
+        n = risk["recent_denials"]
+        texts.append(f"You declined {n} request{'s' if n != 1 else ''} in the last 24 hours")
+    return texts
+
+
+def phone_with_inbox(contexts, demo):
+    """The phone signed in, its inbox empty; returns the page and what /qr/inbox answered."""
+    phone = contexts.page(PHONE)
+    inbox: list[dict] = []
+    phone.on("response", lambda r: inbox.append(r.json())
+             if r.url.endswith("/qr/inbox") and r.status == 200 else None)
+    phone_signs_in(phone, demo)
+    assert phone.url == demo.phone_url  # the authorization code left the address bar
+    expect(phone.locator("#inbox-status")).to_have_text(
+        "No requests right now. New ones appear here as they arrive.")
+    expect(phone.locator(".push-request")).to_have_count(0)
+    return phone, inbox
+
+
+def computer_sends_push(contexts, demo):
+    """The demo page with "Send a push login to demo" pressed; returns the page and the JSON
+    bodies of its /demo/push calls."""
+    computer = contexts.page(DESKTOP)
+    answers: list[dict] = []
+    computer.on("response", lambda r: answers.append(r.json())
+                if "/demo/push" in r.url else None)
+    open_demo(computer, demo)
+    computer.get_by_role("button", name="Send a push login to demo").click()
+    expect(computer.locator("#demo-push-status")).to_have_text(
+        "Waiting for approval on the phone…")
+    expect(computer.locator("#demo-push-binding")).to_have_text(
+        f"The phone shows: “{PUSH_MESSAGE}”")
+    events_arrive(computer, lambda: answers)
+    started = answers[0]
+    # the page holds a handle; the auth_req_id stays with the shop's server
+    assert set(started) == {"handle", "expires_in", "interval", "binding_message"}
+    assert started["binding_message"] == PUSH_MESSAGE and started["expires_in"] > 0
+    return computer, answers
+
+
+def test_push_login_arrives_live_on_the_phone_and_signs_the_demo_page_in(contexts, demo):
+    phone, inbox = phone_with_inbox(contexts, demo)
+    saved = phone.evaluate("() => JSON.parse(sessionStorage.getItem('qr-oidc-demo-phone:token'))")
+    assert phone.evaluate("() => localStorage.length") == 0  # the token is this tab's only
+    token_claims = jwt.decode(saved["token"], options={"verify_signature": False})
+    assert "qr:approve" in token_claims["scope"].split()
+    assert token_claims["client_id"] == "demo-phone"
+    navigations: list[str] = []
+    phone.on("framenavigated", lambda frame: navigations.append(frame.url))
+
+    computer, answers = computer_sends_push(contexts, demo)
+    shot(computer, "push-demo-waiting")
+
+    # the request arrives on the phone by itself, with who asks, for what, and the hints
+    request = phone.locator(".push-request")
+    expect(request).to_have_count(1)
+    expect(request.get_by_role("heading", level=3)).to_have_text(
+        "Sign in to Demo shop (push)?")
+    expect(request.locator(".push-binding")).to_have_text(f"“{PUSH_MESSAGE}”")
+    expect(request.locator("dl")).to_contain_text("openid, profile, email")
+    expect(request.locator("dl")).to_contain_text("127.0.0.1")
+    expect(request.locator("dl")).to_contain_text("Chrome")  # the computer's browser
+    expect(request.locator(".push-expiry")).to_have_text(re.compile(r"^in [0-9]+:[0-5][0-9]$"))
+    entries = [e for answer in inbox for e in answer["requests"]]
+    assert entries and entries[-1]["client"]["name"] == "Demo shop (push)"
+    assert entries[-1]["kind"] == "push" and entries[-1]["requester"]["browser"]
+    hints = request.locator(".push-risk li")
+    expect(hints).to_have_text(risk_texts(entries[-1]["risk"]))
+    expect(hints.first).to_have_text("Same network as this phone")
+    approve = request.get_by_role("button", name="Approve")
+    cancel = request.get_by_role("button", name="Cancel")
+    sizes = approve.bounding_box(), cancel.bounding_box()
+    assert abs(sizes[0]["width"] - sizes[1]["width"]) < 2  # the two answers weigh the same
+    assert navigations == []  # no reload: the long poll brought it
+    shot(phone, "push-phone-request")
+
+    approve.click()
+    expect(phone.locator("#inbox-result")).to_have_text("Approved: Demo shop (push) signs you in.")
+    expect(request).to_have_count(0)
+
+    expect(computer.locator("#demo-signed-in")).to_be_visible()
+    expect(computer.locator("#demo-name")).to_have_text("Dana Demo")
+    expect(computer.locator("#demo-email")).to_have_text("dana@example.org")
+    expect(computer.locator("#demo-amr")).to_have_text("Push request, approved on the phone")
+    expect(computer.locator("#demo-verified")).to_contain_text("checked by the shop's server")
+    expect(computer.locator("#demo-welcome")).to_be_focused()
+    shot(computer, "push-demo-signed-in")
+    events_arrive(computer, lambda: any("claims" in a for a in answers))
+    claims = next(a["claims"] for a in answers if "claims" in a)
+    assert claims["amr"] == ["push"] and claims["aud"] == "demo-push"
+    assert claims["iss"] == demo.url and claims["name"] == "Dana Demo"
+    assert not any("auth_req_id" in json.dumps(a) for a in answers)
+    # the QR of the page is gone with the sign-in; signing out offers both ways again
+    computer.get_by_role("button", name="Sign out").click()
+    widget_state(computer, "pending")
+    expect(computer.get_by_role("button", name="Send a push login to demo")).to_be_visible()
+
+
+def test_push_login_cancelled_on_the_phone_is_said_and_can_be_tried_again(contexts, demo):
+    phone, _inbox = phone_with_inbox(contexts, demo)
+    computer, _answers = computer_sends_push(contexts, demo)
+    request = phone.locator(".push-request")
+    expect(request).to_have_count(1)
+    request.get_by_role("button", name="Cancel").click()
+    expect(phone.locator("#inbox-result")).to_have_text(
+        "Cancelled: Demo shop (push) was told no.")
+    expect(request).to_have_count(0)
+
+    status = computer.locator("#demo-push-status")
+    expect(status).to_have_text("The push login was cancelled on the phone.")
+    expect(computer.locator("#demo-signed-in")).to_be_hidden()
+    again = computer.get_by_role("button", name="Try again")
+    expect(again).to_be_visible()
+    shot(computer, "push-demo-cancelled")
+
+    # trying again sends a new request, which the phone shows (the declined one counted)
+    again.click()
+    expect(status).to_have_text("Waiting for approval on the phone…")
+    expect(request).to_have_count(1)
+    expect(request.locator(".push-risk")).to_contain_text("You declined")
+    request.get_by_role("button", name="Cancel").click()
+    expect(status).to_have_text("The push login was cancelled on the phone.")
+
+
+@pytest.fixture
+def push_demo(tmp_path):
+    server = Demo(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_push_routes_answer_json_and_keep_the_request_to_the_page_that_made_it(push_demo):
+    page = requests.Session()
+    html = page.get(push_demo.demo_url, timeout=30).text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    # without the page's CSRF token: refused before anything is made
+    refused = page.post(push_demo.url + "/demo/push", timeout=30)
+    assert refused.status_code == 400 and "text/html" in refused.headers["Content-Type"]
+    assert requests.get(push_demo.url + "/demo/push", timeout=30).status_code == 405
+
+    started = page.post(push_demo.url + "/demo/push", data={"csrf_token": token}, timeout=30)
+    assert started.status_code == 201, started.text
+    handle = started.json()["handle"]
+    assert "auth_req_id" not in started.text
+    poll = page.post(push_demo.url + "/demo/push/poll",
+                     data={"csrf_token": token, "handle": handle}, timeout=30)
+    assert poll.status_code == 400 and poll.json()["error"] == "authorization_pending"
+    # another browser with the same handle gets nothing
+    other = requests.Session()
+    other_token = re.search(r'name="csrf_token" value="([^"]+)"',
+                            other.get(push_demo.demo_url, timeout=30).text).group(1)
+    stolen = other.post(push_demo.url + "/demo/push/poll",
+                        data={"csrf_token": other_token, "handle": handle}, timeout=30)
+    assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
+    for bad in ("", "x" * 5000, "\x00", "ä"):
+        answer = page.post(push_demo.url + "/demo/push/poll",
+                           data={"csrf_token": token, "handle": bad}, timeout=30)
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+
+    # at most three undecided per user: the fourth is a 429 in JSON, not a 500
+    codes = [page.post(push_demo.url + "/demo/push", data={"csrf_token": token},
+                       timeout=30).status_code for _ in range(3)]
+    assert codes == [201, 201, 429]
+    refused = page.post(push_demo.url + "/demo/push", data={"csrf_token": token}, timeout=30)
+    assert refused.status_code == 429 and refused.json()["error"] == "too_many_requests"
+    assert refused.headers["Retry-After"]
+
+
+def test_push_login_with_number_matching_asks_for_the_number_on_the_phone(contexts, demo):
+    """Any CIBA client's request shows up the same way; a number-matching one asks for the
+    number its page shows, as buttons, and Approve waits for one."""
+    client = json.loads(demo.cli("clients", "create", "--name", "Counter <b>till</b>",
+                                 "--grant-type", "urn:openid:params:grant-type:ciba",
+                                 "--number-matching", "--json"))
+    auth = (client["client_id"], client["client_secret"])
+    phone, _inbox = phone_with_inbox(contexts, demo)
+    asked = requests.post(demo.url + "/backchannel/authenticate", auth=auth, timeout=30, data={
+        "scope": "openid profile", "login_hint": "demo", "binding_message": "Till 3 <script>",
+        "requester_ip": "203.0.113.9", "requester_user_agent": "curl/8.5.0"})
+    assert asked.status_code == 200, asked.text
+    number = asked.json()["binding_code"]
+
+    request = phone.locator(".push-request")
+    expect(request).to_have_count(1)
+    # the client's name and message are text, never markup
+    expect(request.get_by_role("heading", level=3)).to_have_text("Sign in to Counter <b>till</b>?")
+    expect(request.locator(".push-binding")).to_have_text("“Till 3 <script>”")
+    expect(request.locator("b, script")).to_have_count(0)
+    expect(request.locator("dl")).to_contain_text("203.0.113.9")
+    expect(request.locator(".push-risk li").first).to_have_text("Not on this phone's network")
+    choices = request.locator(".push-numbers button")
+    expect(choices).to_have_count(3)
+    assert number in choices.all_inner_texts()
+    request.get_by_role("button", name="Approve").click()
+    expect(request.locator(".push-said")).to_have_text(
+        "Pick the number shown on that screen first.")
+    shot(phone, "push-phone-number-matching")
+    request.get_by_role("button", name=number, exact=True).click()
+    expect(request.get_by_role("button", name=number, exact=True)).to_have_attribute(
+        "aria-pressed", "true")
+    request.get_by_role("button", name="Approve").click()
+    expect(phone.locator("#inbox-result")).to_have_text(
+        "Approved: Counter <b>till</b> signs you in.")
+
+    tokens = requests.post(demo.url + "/token", auth=auth, timeout=30, data={
+        "grant_type": "urn:openid:params:grant-type:ciba",
+        "auth_req_id": asked.json()["auth_req_id"]})
+    assert tokens.status_code == 200, tokens.text
+    claims = jwt.decode(tokens.json()["id_token"], options={"verify_signature": False})
+    assert claims["amr"] == ["push"] and claims["name"] == "Dana Demo"

@@ -1,9 +1,11 @@
-// Demo relying party: logs in with the QR login widget (public client, PKCE, verified ID token).
+// Demo relying party: logs in with the QR login widget (public client, PKCE, verified ID token),
+// or by a push login to the phone that the demo shop's server starts and polls (/demo/push).
 (function () {
   "use strict";
   const root = document.getElementById("demo");
   const $ = (id) => document.getElementById(id);
   const { issuer, clientId, scope } = root.dataset;
+  const AMR = { qr: "QR code, approved on the phone", push: "Push request, approved on the phone" };
   let widget = null;
 
   // What the widget reported, newest last (handy to follow the callbacks while trying it out).
@@ -21,35 +23,141 @@
     return JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
   }
 
-  function signedIn(tokens, claims) {
+  function signedIn(claims, verified) {
     const name = claims.name || claims.preferred_username || claims.sub;
+    const amr = (claims.amr || []).join(", ");
     $("demo-name").textContent = name;
     $("demo-email").textContent = claims.email || "(not shared)";
-    $("demo-amr").textContent = (claims.amr || []).join(", ") === "qr" ? "QR code, approved on the phone"
-      : (claims.amr || []).join(", ");
-    const h = header(tokens.id_token);
-    $("demo-verified").textContent = "signature verified in this page (" + h.alg + ", key " +
-      String(h.kid).slice(0, 10) + "…, from /jwks.json); issuer, audience, expiry and nonce checked";
+    $("demo-amr").textContent = AMR[amr] || amr;
+    $("demo-verified").textContent = verified;
     if (claims.picture) { $("demo-avatar").src = claims.picture; $("demo-avatar").hidden = false; }
     $("demo-signed-out").hidden = true;
     $("demo-signed-in").hidden = false;
     $("demo-welcome").focus();
-    widget.destroy();
-    widget = null;
+    if (widget) { widget.destroy(); widget = null; }
+    push.stop();
   }
 
   function start() {
     $("demo-signed-in").hidden = true;
     $("demo-signed-out").hidden = false;
+    push.reset();
     widget = QrLogin.mount($("qr-login"), {
       issuer, clientId, scope,
       onScanned: (user) => note("onScanned", user.name),
-      onSuccess: (tokens, claims) => { note("onSuccess", claims.name); signedIn(tokens, claims); },
+      onSuccess: (tokens, claims) => {
+        note("onSuccess", claims.name);
+        const h = header(tokens.id_token);
+        signedIn(claims, "signature verified in this page (" + h.alg + ", key " +
+          String(h.kid).slice(0, 10) + "…, from /jwks.json); issuer, audience, expiry and nonce checked");
+      },
       onCancel: () => note("onCancel", "the phone cancelled"),
       onExpired: (info) => note("onExpired", "renewal " + (info.renewals + 1)),
       onError: (error) => note("onError", error.message),
     });
   }
+
+  // -- push login: the shop's server holds the request; this page holds a handle -----------------
+  const push = (function () {
+    const section = $("demo-push");
+    const form = $("demo-push-form");
+    const status = $("demo-push-status");
+    const binding = $("demo-push-binding");
+    const again = $("demo-push-again");
+    let run = 0; // each push login's number: a stale timer or answer of an earlier one is ignored
+
+    function state(name, text) {
+      section.dataset.state = name;
+      status.textContent = text || "";
+      status.classList.toggle("error", name === "failed");
+      form.hidden = name === "waiting" || name === "sending";
+      again.hidden = !(name === "denied" || name === "expired" || name === "failed");
+      if (name !== "waiting") binding.hidden = true;
+    }
+
+    // A POST to the shop's server with this page's CSRF token (the form's hidden field).
+    async function post(url, fields) {
+      const body = new URLSearchParams(new FormData(form));
+      for (const [key, value] of Object.entries(fields || {})) body.set(key, value);
+      let response;
+      try {
+        response = await fetch(url, { method: "POST", body, credentials: "same-origin",
+          headers: { Accept: "application/json" } });
+      } catch (e) {
+        return { offline: true, error: "offline", error_description: "The shop's server could not be reached." };
+      }
+      const type = response.headers.get("Content-Type") || "";
+      if (!type.startsWith("application/json")) { // the CSRF check answers with a page
+        return { error: "page_expired", error_description: "This page expired; reload it." };
+      }
+      try { return await response.json(); }
+      catch (e) { return { error: "server_error", error_description: "The shop's server answered " + response.status + "." }; }
+    }
+
+    const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+    async function begin() {
+      const mine = ++run;
+      state("sending", "Sending the push login…");
+      const started = await post(form.action);
+      if (mine !== run) return;
+      if (!started.handle) {
+        note("push", started.error);
+        state("failed", started.error === "too_many_requests"
+          ? "The phone already has requests waiting: decide on them there first, then try again."
+          : "The push login could not be sent: " + (started.error_description || started.error));
+        return;
+      }
+      note("push", "sent, waiting for the phone");
+      state("waiting", "Waiting for approval on the phone…");
+      binding.textContent = "The phone shows: “" + started.binding_message + "”";
+      binding.hidden = false;
+      let interval = Math.max(1, Number(started.interval) || 5);
+      let failures = 0;
+      const deadline = Date.now() + (Number(started.expires_in) + 60) * 1000;
+      while (mine === run) {
+        await sleep(interval * 1000);
+        if (mine !== run) return;
+        const answer = await post(form.dataset.poll, { handle: started.handle });
+        if (mine !== run) return;
+        if (answer.claims) {
+          note("push", "approved");
+          const c = answer.claims;
+          state("idle", "");
+          signedIn(c, "checked by the shop's server (" + answer.alg + ", key " +
+            String(answer.kid).slice(0, 10) + "…, from /jwks.json): signature, issuer, audience and expiry");
+          return;
+        }
+        if (answer.error === "authorization_pending") continue;
+        if (answer.error === "slow_down") { interval += 5; continue; }
+        if (answer.error === "access_denied") {
+          note("push", "cancelled on the phone");
+          state("denied", "The push login was cancelled on the phone.");
+          return;
+        }
+        if (answer.error === "expired_token") {
+          note("push", "expired");
+          state("expired", "The push login expired before it was approved.");
+          return;
+        }
+        if ((answer.offline || answer.error === "temporarily_unavailable") && ++failures < 5
+            && Date.now() < deadline) {
+          interval = Math.min(interval * 2, 30);
+          continue;
+        }
+        note("push", answer.error);
+        state("failed", "The push login failed: " + (answer.error_description || answer.error));
+        return;
+      }
+    }
+
+    form.addEventListener("submit", (event) => { event.preventDefault(); begin(); });
+    again.addEventListener("click", () => { begin(); });
+    return {
+      stop() { run++; },
+      reset() { run++; state("idle", ""); },
+    };
+  })();
 
   $("demo-sign-out").addEventListener("click", () => {
     note("sign out", "tokens forgotten");
