@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 
 from qr_oidc.grants.signals import Signals, browser_label
 from qr_oidc.provider.audit import audit, audit_after_commit
+from qr_oidc.provider.metrics import metrics
 from qr_oidc.provider.seal import Sealer
 from qr_oidc.provider.security import (
     binding_choices,
@@ -151,6 +152,7 @@ class Tickets:
                 continue  # a user code (34 bits) met a live one: draw new codes
             audit("ticket.created", ticket=row.id, kind=kind, client_id=client.client_id,
                   scope=scope, ip=requester_ip, user_agent=row.requester_ua)
+            metrics.ticket(client.client_id, kind, "created")
             return NewTicket(row, ticket, scan_code, user_code)
         raise RuntimeError("could not draw a unique user code")
 
@@ -204,10 +206,12 @@ class Tickets:
             if refused is not None:
                 audit("push.refused", client_id=client.client_id, user_id=user.id,
                       reason="too_many_outstanding")
+                metrics.limited("push_outstanding")
                 raise TooManyOutstanding(int(refused) + 1)
             self.notifier.publish(inbox_key(user.id))
             audit("ticket.created", ticket=row.id, kind="push", client_id=client.client_id,
                   scope=scope, user_id=user.id, ip=requester_ip, user_agent=row.requester_ua)
+            metrics.ticket(client.client_id, "push", "created")
             return NewTicket(row, ticket, scan_code, user_code)
         raise RuntimeError("could not draw a unique user code")
 
@@ -319,6 +323,7 @@ class Tickets:
         if done:
             audit_after_commit("ticket.redeemed", ticket=row.id, client_id=row.client_id,
                                user_id=row.user_id)
+            self.redeemed(row.client_id, row.kind, at - row.created_at)
         return done
 
     # -- the phone's side --------------------------------------------------------------------
@@ -334,6 +339,10 @@ class Tickets:
             self.notifier.publish(row.id)
             audit(f"ticket.{values['status']}", ticket=row.id, client_id=row.client_id,
                   user_id=row.user_id)
+            status = values["status"]
+            metrics.ticket(row.client_id, row.kind, status)
+            metrics.step(row.kind, "scan" if status == "scanned" else "decision",
+                         at - row.created_at)
             if values["status"] in ("approved", "denied"):
                 self._record_decision(row, values["status"], at)
         return done
@@ -441,6 +450,13 @@ class Tickets:
                                          row.requester_ua, now())
         return view
 
+    @staticmethod
+    def redeemed(client_id: str, kind: str, seconds: float) -> None:
+        """A ticket was redeemed (by a token poll, or the hosted page's code): the funnel's
+        last step."""
+        metrics.ticket(client_id, kind, "redeemed")
+        metrics.step(kind, "redemption", seconds)
+
     # -- upkeep ------------------------------------------------------------------------------
     def purge(self) -> int:
         """Delete tickets that expired more than the retention time ago (redeemed ones included):
@@ -448,6 +464,15 @@ class Tickets:
         background maintenance thread with a session of its own."""
         gone, count = self.store.purge(now() - self.retention)
         for ticket_id, client_id, status in gone:
-            if status not in ("redeemed", "denied"):
+            if status not in ("redeemed", "denied", "expired"):  # (not marked: a race)
                 audit("ticket.expired", ticket=ticket_id, client_id=client_id, status=status)
         return count
+
+    def mark_expired(self) -> int:
+        """Make the tickets whose time ran out ``expired`` (the background upkeep, every round):
+        audited and counted once each, whichever instance marks them."""
+        marked = self.store.mark_expired(now())
+        for ticket_id, client_id, kind in marked:
+            audit("ticket.expired", ticket=ticket_id, client_id=client_id, kind=kind)
+            metrics.ticket(client_id, kind, "expired")
+        return len(marked)

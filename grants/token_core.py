@@ -218,4 +218,5 @@ class TokenCore:
         # (the audit log names the peer of the request: provider/audit.py)
         audit("ticket.redeemed", ticket=ticket["id"], client_id=client_id,
               user_id=ticket["user_id"])
+        self.tickets.redeemed(client_id, ticket["kind"], now() - ticket["created_at"])
         return token

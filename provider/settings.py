@@ -88,6 +88,8 @@ class Settings:
     # seconds a request waits for a free connection before it answers 503 temporarily_unavailable
     db_pool_timeout: float = 10.0
     log_level: str = "info"
+    # GET /metrics (Prometheus) answers only Authorization: Bearer <this>; empty: metrics off
+    metrics_token: str = ""
     # Rate limits, COUNT/SECONDS or off (provider/storage/ratelimit.py); REDIS_URL moves the
     # counters to Redis. RATE_TICKET_CLIENT is per client unless the client has its own
     # (clients create --ticket-rate); RATE_TICKET_IP counts the requester's address
@@ -205,6 +207,8 @@ def _rules(values: dict) -> dict[str, str]:
         elif len(values["push_webhook_secret"]) < 16:
             bad["PUSH_WEBHOOK_SECRET"] = (f"{PREFIX}PUSH_WEBHOOK_SECRET must be set (at least 16 "
                                           f"characters) when {PREFIX}PUSH_WEBHOOK is")
+    if values["metrics_token"] and len(values["metrics_token"]) < 16:
+        bad["METRICS_TOKEN"] = f"{PREFIX}METRICS_TOKEN must be at least 16 characters"
     if values["push_max_ttl"] < values["push_ttl"]:
         bad["PUSH_MAX_TTL"] = f"{PREFIX}PUSH_MAX_TTL must be at least {PREFIX}PUSH_TTL"
     for name in ("POLL_INTERVAL", "TICKET_TTL", "SESSION_IDLE", "SESSION_LIFETIME",

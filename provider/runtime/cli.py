@@ -22,6 +22,7 @@ from qr_oidc.keys import KeyError_
 from qr_oidc.keys.keyset import ALGORITHMS
 from qr_oidc.keys.rotation import NotReady, remove_expired, rotate
 from qr_oidc.provider import settings as config
+from qr_oidc.provider.metrics import prepare as prepare_metrics
 from qr_oidc.provider.runtime.logqueue import BackgroundHandler
 from qr_oidc.provider.runtime.maintenance import min_publication
 from qr_oidc.provider.runtime.server import run
@@ -132,6 +133,8 @@ def serve(host, port, workers, threads):
     """Run the provider with a production WSGI server."""
     settings = _settings(host=host, port=port, workers=workers, threads=threads)
     _configure_logging(settings.log_level)
+    if settings.metrics_token:
+        prepare_metrics(settings.workers)  # (before anything counts: the workers share it)
     app = _build_app(settings)
     click.echo(f"qr-oidc: issuer {settings.issuer}, listening on "
                f"http://{settings.host}:{settings.port}", err=True)

@@ -23,6 +23,7 @@ log = logging.getLogger("qr_oidc.maintenance")
 
 def run_once(parts) -> None:
     settings = parts.settings
+    parts.tickets.mark_expired()
     purged = parts.tickets.purge()
     if purged:
         log.info("purged %d expired tickets", purged)

@@ -16,6 +16,7 @@ servers and bridges this was chosen from.
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import sys
 
@@ -24,6 +25,7 @@ from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from qr_oidc.provider.metrics import ENV as METRICS_DIR
 from qr_oidc.provider.runtime.deliveries import start as start_deliveries
 from qr_oidc.provider.runtime.maintenance import start as start_maintenance
 from qr_oidc.provider.web.events import EventApp
@@ -96,6 +98,14 @@ def _post_fork(_server, _worker):
         parts.db._autocommit.dispose(close=False)
 
 
+def _child_exit(_server, worker):
+    """A worker ended: its live gauges (open long polls) leave the metrics' sum."""
+    if os.environ.get(METRICS_DIR):
+        from prometheus_client import multiprocess  # (imported only in multiprocess mode)
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
 _APP: list = []
 
 
@@ -130,6 +140,7 @@ def run(app, host: str, port: int, workers: int, threads: int, long_poll_max: fl
         "errorlog": "-",
         "loglevel": "warning",
         "post_fork": _post_fork,
+        "child_exit": _child_exit,
         "proc_name": "qr-oidc",
     }
     _Gunicorn(served, options).run()

@@ -30,6 +30,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from qr_oidc.provider.metrics import metrics
 from qr_oidc.provider.settings import Settings
 from qr_oidc.provider.storage.models import RateCounter
 
@@ -143,6 +144,7 @@ class RateLimiter:
         at = time.time()
         key, ends = self._key(kind, subject[:150], limit, at)
         if self._count(key, ends, 1) > limit.count:
+            metrics.limited(kind)
             raise TooManyRequests(max(1, math.ceil(ends - at)))
         return key, ends
 

@@ -116,7 +116,8 @@ def _with_user(*columns):
 
 
 def _load():
-    return _with_user(_T.c.id, _T.c.client_id, _T.c.kind, _T.c.status, _T.c.expires_at,
+    return _with_user(_T.c.id, _T.c.client_id, _T.c.kind, _T.c.status, _T.c.created_at,
+                      _T.c.expires_at,
                       _T.c.user_id, _T.c.scope, _T.c.nonce, _T.c.decided_at,
                       _T.c.code_challenge, _T.c.dpop_jkt, _U.c.sub, _U.c.username, _U.c.name,
                       _U.c.email, _U.c.picture)
@@ -324,6 +325,22 @@ class TicketStore:
                 .execution_options(synchronize_session=False)
             ).rowcount
         )
+
+    def mark_expired(self, at: float) -> list[tuple[str, str, str]]:
+        """``status = 'expired'`` for the tickets whose time ran out before they were redeemed or
+        denied (an expired ticket answered ``expired`` already: its time says so; this makes it
+        a state, counted once): their (id, client_id, kind). One conditional ``UPDATE``, in a
+        session of its own, so two instances' upkeep never marks one ticket twice."""
+        with self.db.session_factory() as session:
+            marked = session.execute(
+                update(Ticket)
+                .where(Ticket.status.in_(("pending", "scanned", "approved")),
+                       Ticket.expires_at <= at)
+                .values(status="expired")
+                .returning(Ticket.id, Ticket.client_id, Ticket.kind)
+                .execution_options(synchronize_session=False)).all()
+            session.commit()
+        return [tuple(row) for row in marked]
 
     def purge(self, cutoff: float) -> tuple[list, int]:
         """Delete the tickets that expired before ``cutoff``, in a session of its own: their

@@ -22,9 +22,15 @@ from qr_oidc.grants.token_core import TokenCore
 from qr_oidc.keys import KeyError_, KeyStore
 from qr_oidc.provider import audit, seal
 from qr_oidc.provider import settings as config
+from qr_oidc.provider.metrics import metrics
 from qr_oidc.provider.storage.db import Database
 from qr_oidc.provider.storage.deliveries import Outbox
-from qr_oidc.provider.storage.models import Setting
+from qr_oidc.provider.storage.models import (
+    CIBA_GRANT_TYPE,
+    DEVICE_GRANT_TYPE,
+    QR_GRANT_TYPE,
+    Setting,
+)
 from qr_oidc.provider.storage.notify import LocalNotifier
 from qr_oidc.provider.storage.ratelimit import RateLimiter
 from qr_oidc.provider.web import (
@@ -37,6 +43,7 @@ from qr_oidc.provider.web import (
     discovery,
     headers,
     mobile,
+    operations,
     pages,
     tickets,
     token,
@@ -45,6 +52,8 @@ from qr_oidc.provider.web.body import MAX_BODY, BodyLimit
 from qr_oidc.provider.web.oauth import Server
 
 log = logging.getLogger("qr_oidc")
+GRANT_TYPES = {"authorization_code", "refresh_token", DEVICE_GRANT_TYPE, QR_GRANT_TYPE,
+               CIBA_GRANT_TYPE}
 access_log = logging.getLogger("qr_oidc.access")
 # modules imported for the routes they add to a blueprint defined elsewhere: the api blueprint's
 # families (provider/web/api.py), and the browser confirmation pages of pages.py's blueprint
@@ -123,6 +132,9 @@ def create_app(overrides: config.Settings | dict | None = None) -> Flask:
     app.register_blueprint(api.bp)
     cors.init_app(app)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(operations.bp)
+    if settings.metrics_token:
+        metrics.start()
     if settings.demo:
         app.register_blueprint(demo.bp)
     _install_error_handlers(app)
@@ -228,6 +240,16 @@ def _install_error_handlers(app: Flask) -> None:
         return answer("server_error", "Internal error.", 500)
 
 
+def token_grant() -> str | None:
+    """The grant type a token request named, for the metrics (only the ones discovery lists)."""
+    try:
+        grant = request.form.get("grant_type") if request.mimetype != "application/json" \
+            else (request.get_json(silent=True) or {}).get("grant_type")
+    except Exception:  # (a body the endpoint refused: no grant to name)
+        return None
+    return grant if grant in GRANT_TYPES else "other"
+
+
 def _install_access_log(app: Flask) -> None:
     """One line per request naming the route *pattern*, never the path: paths carry scan codes."""
 
@@ -247,4 +269,10 @@ def _install_access_log(app: Flask) -> None:
         elapsed = (time.perf_counter() - started) * 1000 if started else 0.0
         rule = request.url_rule.rule if request.url_rule else "<unmatched>"
         access_log.info("%s %s %s %.1fms", request.method, rule, response.status_code, elapsed)
+        metrics.request(rule, elapsed / 1000)
+        if request.endpoint == "api.token":
+            body = response.get_json(silent=True) if response.status_code != 200 else None
+            metrics.token_request(
+                token_grant(), "issued" if response.status_code == 200
+                else (body or {}).get("error", str(response.status_code)))
         return response

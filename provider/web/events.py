@@ -42,6 +42,7 @@ from qr_oidc.grants.access_tokens import Proof
 from qr_oidc.grants.dpop import values_of
 from qr_oidc.grants.signals import browser_label
 from qr_oidc.provider.audit import PEER
+from qr_oidc.provider.metrics import metrics
 from qr_oidc.provider.storage.notify import SqliteWatcher, pg_listen
 from qr_oidc.provider.web import actions, cors
 from qr_oidc.provider.web.body import MAX_BODY, TOO_LARGE
@@ -313,9 +314,11 @@ class EventApp:
         raw.extend(_latin1(answer.cors))
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
+        elapsed = time.perf_counter() - request.started
+        metrics.request(request.path, elapsed)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("%s %s %s %.1fms event", "POST", request.path, status,
-                            (time.perf_counter() - request.started) * 1000)
+                            elapsed * 1000)
 
 
 def _latin1(headers) -> list:

@@ -14,6 +14,7 @@ import asyncio
 import time
 
 from qr_oidc.grants.tickets import inbox_key
+from qr_oidc.provider.metrics import metrics
 from qr_oidc.provider.web import actions
 from qr_oidc.provider.web.event_request import Request
 
@@ -44,10 +45,12 @@ class InboxPolls:
             return found.answer()
         self.held_per_user[found.user_id] = held + 1
         polls.held += 1
+        metrics.long_poll("inbox", 1)
         try:
             return await self._hold(request, receive, found)
         finally:
             polls.held -= 1
+            metrics.long_poll("inbox", -1)
             left = self.held_per_user[found.user_id] - 1
             if left:
                 self.held_per_user[found.user_id] = left

@@ -17,6 +17,7 @@ import time
 
 from authlib.oauth2 import OAuth2Error
 
+from qr_oidc.provider.metrics import metrics
 from qr_oidc.provider.security import digest
 from qr_oidc.provider.web import actions
 from qr_oidc.provider.web.event_request import Request
@@ -106,6 +107,7 @@ class LongPolls:
             return actions.status_answer(watch.state)
         watch.count += 1
         self.held += 1
+        metrics.long_poll("status", 1)
         left = asyncio.ensure_future(receive())  # the client leaving frees its place
         try:
             known = asked.known or state.public(time.time())
@@ -135,5 +137,6 @@ class LongPolls:
             left.cancel()
             watch.count -= 1
             self.held -= 1
+            metrics.long_poll("status", -1)
             if watch.count <= 0 and self.watches.get(key) is watch:
                 del self.watches[key]

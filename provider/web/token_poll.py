@@ -14,6 +14,7 @@ from authlib.oauth2 import OAuth2Error
 from qr_oidc.grants import client_auth, dpop
 from qr_oidc.grants.dpop import DPoPError, one_proof, values_of
 from qr_oidc.grants.token_core import CREDENTIAL
+from qr_oidc.provider.metrics import metrics
 from qr_oidc.provider.web import actions, cors
 from qr_oidc.provider.web.client_cache import ClientCache
 from qr_oidc.provider.web.event_request import Request
@@ -58,6 +59,8 @@ class TokenPolls:
                 answer = actions.oauth_refusal(dpop.oauth_error(exc))
             except OAuth2Error as exc:
                 answer = actions.oauth_refusal(exc)
+            metrics.token_request(grant_type, "issued" if answer.oauth_error is None
+                                  else answer.oauth_error.error)
             origin = request.headers.get("origin")
             if origin:  # who may read it: the origins of the calling client's redirect URIs
                 answer.cors = cors.answer_headers(
