@@ -11,14 +11,17 @@ tests/artifacts/ (the docs show the best of them).
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
 import re
 import secrets
+import sqlite3
 import subprocess
 import threading
 import time
+from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -763,3 +766,274 @@ def test_push_login_with_number_matching_asks_for_the_number_on_the_phone(contex
     assert tokens.status_code == 200, tokens.text
     claims = jwt.decode(tokens.json()["id_token"], options={"verify_signature": False})
     assert claims["amr"] == ["push"] and claims["name"] == "Dana Demo"
+
+
+# -- DPoP (RFC 9449): the widget's ticket and tokens, the phone's token, bound to their keys -----
+def thumbprint(jwk: dict) -> str:
+    """RFC 7638: SHA-256 of the required members, in order, without white space."""
+    canonical = json.dumps({"crv": jwk["crv"], "kty": jwk["kty"], "x": jwk["x"], "y": jwk["y"]},
+                           separators=(",", ":"))
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()) \
+        .rstrip(b"=").decode()
+
+
+def proof_parts(proof: str) -> tuple[dict, dict]:
+    """A DPoP proof's header and claims (not verified: the server does that)."""
+    return jwt.get_unverified_header(proof), jwt.decode(proof, options={"verify_signature": False})
+
+
+def proof_jkt(proof: str) -> str:
+    header, _claims = proof_parts(proof)
+    assert header["typ"] == "dpop+jwt" and header["alg"] == "ES256"
+    assert set(header["jwk"]) == {"kty", "crv", "x", "y"}  # the public key, nothing private
+    return thumbprint(header["jwk"])
+
+
+def demo_db(server: Demo, query: str, *args) -> list[tuple]:
+    """Rows of the demo's own SQLite database."""
+    with closing(sqlite3.connect(server.folder / "demo.db")) as db:
+        return db.execute(query, args).fetchall()
+
+
+def ticket_jkt(server: Demo, ticket: str):
+    rows = demo_db(server, "SELECT dpop_jkt FROM tickets WHERE ticket_hash = ?",
+                   hashlib.sha256(ticket.encode()).hexdigest())
+    assert len(rows) == 1
+    return rows[0][0]
+
+
+def token_jkt(server: Demo, access_token: str):
+    jti = jwt.decode(access_token, options={"verify_signature": False})["jti"]
+    rows = demo_db(server, "SELECT dpop_jkt FROM tokens WHERE jti = ?", jti)
+    assert len(rows) == 1
+    return rows[0][0]
+
+
+def record(page, *endpoints: str) -> list[dict]:
+    """Requests of the page to paths ending with one of ``endpoints``: url, headers, and once
+    answered its status, headers and JSON body."""
+    seen: list[dict] = []
+
+    def answered(response):
+        for entry in seen:
+            if entry["request"] is response.request:
+                entry["status"] = response.status
+                entry["answer_headers"] = response.headers
+                try:
+                    entry["body"] = response.json()
+                except Exception:
+                    entry["body"] = None
+
+    def sent(request):
+        if urlsplit(request.url).path.endswith(endpoints):
+            seen.append({"request": request, "url": request.url, "path": urlsplit(request.url).path,
+                         "headers": request.headers})
+
+    page.on("request", sent)
+    page.on("response", answered)
+    return seen
+
+
+def qr_login_with_the_widget(contexts, demo, url: str):
+    """The demo page at ``url`` signed in by a QR approved on the phone; returns the page, the
+    ticket, and the recorded /qr/ticket and /token requests."""
+    computer = contexts.page(DESKTOP)
+    calls = record(computer, "/qr/ticket", "/token")
+    # (the first answer may be use_dpop_nonce, then the same request again with the nonce)
+    with computer.expect_response(lambda r: r.url.endswith("/qr/ticket") and r.status != 400) \
+            as created:
+        computer.goto(url)
+    assert created.value.status == 201
+    ticket = created.value.json()
+    content, _ = shown_qr(computer)
+    phone = contexts.page(PHONE)
+    phone_signs_in(phone, demo)
+    phone_pastes(phone, content)
+    phone.get_by_role("button", name="Approve").click()
+    expect(phone.get_by_role("heading", level=1)).to_have_text("Signed in")
+    expect(computer.locator("#demo-name")).to_have_text("Dana Demo")
+    events_arrive(computer, lambda: any(c["path"] == "/token" and c.get("status") == 200
+                                        for c in calls))
+    return computer, ticket, calls
+
+
+def test_widget_binds_its_ticket_and_tokens_to_a_dpop_key(contexts, demo):
+    computer, ticket, calls = qr_login_with_the_widget(contexts, demo, demo.demo_url)
+    made = [c for c in calls if c["path"] == "/qr/ticket"]
+    polls = [c for c in calls if c["path"] == "/token"]
+    assert made and polls
+    # a proof with the ticket and with every token poll, all by one key, each one new
+    jkts = {proof_jkt(c["headers"]["dpop"]) for c in made + polls}
+    assert len(jkts) == 1
+    jkt = jkts.pop()
+    claims = [proof_parts(c["headers"]["dpop"])[1] for c in made + polls]
+    assert len({c["jti"] for c in claims}) == len(claims)
+    assert all(len(base64.urlsafe_b64decode(c["jti"] + "==")) >= 16 for c in claims)
+    assert all(c["htm"] == "POST" and abs(c["iat"] - time.time()) < 60 for c in claims)
+    assert {c["htu"] for c in claims} == {demo.url + "/qr/ticket", demo.url + "/token"}
+    assert "ath" not in claims[0] and "nonce" not in claims[0]
+
+    tokens = next(c["body"] for c in polls if c.get("status") == 200)
+    assert tokens["token_type"] == "DPoP"
+    access = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    assert access["cnf"] == {"jkt": jkt}
+    expect(computer.locator("#demo-token-type")).to_contain_text("DPoP")
+    # what the demo's database holds: the ticket and the token row are bound to that key
+    assert ticket_jkt(demo, ticket["ticket"]) == jkt
+    assert token_jkt(demo, tokens["access_token"]) == jkt
+
+    # the page can prove its key for a resource: the widget's dpopProof, at /userinfo
+    proof = computer.evaluate("""async ([url, token]) => {
+        const widget = QrLogin.mount(document.createElement("div"), {clientId: "demo-web"});
+        try { return await widget.dpopProof("get", url, token); } finally { widget.destroy(); }
+    }""", [demo.url + "/userinfo", tokens["access_token"]])
+    assert proof_parts(proof)[1]["ath"]  # (another mount: another key, refused below)
+    copied = requests.get(demo.url + "/userinfo", timeout=30, headers={
+        "Authorization": "Bearer " + tokens["access_token"]})
+    assert copied.status_code == 401
+    other_key = requests.get(demo.url + "/userinfo", timeout=30, headers={
+        "Authorization": "DPoP " + tokens["access_token"], "DPoP": proof})
+    assert other_key.status_code == 401
+
+
+def test_widget_with_dpop_off_gets_bearer_tokens_and_an_unbound_ticket(contexts, demo):
+    computer, ticket, calls = qr_login_with_the_widget(contexts, demo, demo.demo_url + "?dpop=off")
+    assert calls and not [c for c in calls if "dpop" in c["headers"]]
+    tokens = next(c["body"] for c in calls if c["path"] == "/token" and c.get("status") == 200)
+    assert tokens["token_type"] == "Bearer"
+    assert "cnf" not in jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    expect(computer.locator("#demo-token-type")).to_contain_text("Bearer")
+    assert ticket_jkt(demo, ticket["ticket"]) is None
+    assert token_jkt(demo, tokens["access_token"]) is None
+
+
+def key_line(phone) -> str:
+    line = phone.locator("#phone-key")
+    expect(line).to_have_text(re.compile(r"^This phone's key: [A-Za-z0-9_-]{8}\b"))
+    return re.match(r"This phone's key: (\S{8})", line.inner_text()).group(1)
+
+
+def test_phone_token_is_bound_to_a_key_kept_in_the_browser(contexts, demo):
+    phone = contexts.page(PHONE)
+    calls = record(phone, "/token", "/qr/inbox", "/qr/approve", "/qr/deny")
+    phone_signs_in(phone, demo)
+    exchange = [c for c in calls if c["path"] == "/token"]
+    assert len(exchange) == 1
+    jkt = proof_jkt(exchange[0]["headers"]["dpop"])
+    assert exchange[0].get("status") == 200 and exchange[0]["body"]["token_type"] == "DPoP"
+    assert key_line(phone) == jkt[:8]
+    saved = phone.evaluate("() => JSON.parse(sessionStorage.getItem('qr-oidc-demo-phone:token'))")
+    access_token = saved["token"]
+    assert token_jkt(demo, access_token) == jkt
+    assert demo_db(demo, "SELECT require_dpop FROM clients WHERE client_id = ?",
+                   "demo-phone") == [(1,)]
+
+    # push approve: the inbox and the approval carry the token as DPoP, with a proof of the key
+    computer, _answers = computer_sends_push(contexts, demo)
+    phone.locator(".push-request").get_by_role("button", name="Approve").click()
+    expect(phone.locator("#inbox-result")).to_have_text("Approved: Demo shop (push) signs you in.")
+    expect(computer.locator("#demo-amr")).to_have_text("Push request, approved on the phone")
+    resource = [c for c in calls if c["path"] != "/token"]
+    assert {"/qr/inbox", "/qr/approve"} <= {c["path"] for c in resource}
+    for call in resource:
+        assert call["headers"]["authorization"] == "DPoP " + access_token
+        header, claims = proof_parts(call["headers"]["dpop"])
+        assert thumbprint(header["jwk"]) == jkt and claims["htu"] == demo.url + call["path"]
+        assert claims["ath"] == base64.urlsafe_b64encode(
+            hashlib.sha256(access_token.encode()).digest()).rstrip(b"=").decode()
+
+    # a QR approve (the confirmation screen, by the browser session) still works
+    computer.get_by_role("button", name="Sign out").click()
+    content, _ = shown_qr(computer)
+    phone_pastes(phone, content)
+    phone.get_by_role("button", name="Approve").click()
+    expect(computer.locator("#demo-amr")).to_have_text("QR code, approved on the phone")
+
+    # back on the phone page, and after a reload: the same key, the same token, no new exchange
+    for again in (lambda: phone.goto(demo.phone_url), phone.reload):
+        calls.clear()
+        again()
+        expect(phone.locator("#phone-inbox")).to_have_attribute("data-state", "ready")
+        assert key_line(phone) == jkt[:8]
+        events_arrive(phone, lambda: any(c["path"] == "/qr/inbox" and c.get("status") == 200
+                                         for c in calls))
+        assert [c["path"] for c in calls if c["path"] == "/token"] == []
+        assert {proof_jkt(c["headers"]["dpop"]) for c in calls} == {jkt}
+    # another tab of the same browser profile: a token of its own, by the same key
+    tab = phone.context.new_page()
+    tab.goto(demo.phone_url)
+    expect(tab.locator("#phone-inbox")).to_have_attribute("data-state", "ready")
+    assert key_line(tab) == jkt[:8]
+    other = tab.evaluate("() => JSON.parse(sessionStorage.getItem('qr-oidc-demo-phone:token'))")
+    assert other["token"] != access_token and token_jkt(demo, other["token"]) == jkt
+
+    # the token copied out of sessionStorage is refused without the key
+    for scheme in ("Bearer", "DPoP"):
+        copied = requests.post(demo.url + "/qr/inbox", data={"wait": "0"}, timeout=30,
+                               headers={"Authorization": f"{scheme} {access_token}"})
+        assert copied.status_code == 401, (scheme, copied.text)
+        assert copied.headers["WWW-Authenticate"].startswith("DPoP ")
+
+
+@pytest.fixture(scope="module")
+def nonce_demo(tmp_path_factory):
+    """Proofs must carry the server's nonce (DPoP-Nonce)."""
+    server = Demo(tmp_path_factory.mktemp("nonce-demo"), {"QR_OIDC_DPOP_NONCES": "true"})
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_widget_and_phone_retry_with_the_servers_dpop_nonce(contexts, nonce_demo):
+    demo = nonce_demo
+    computer, ticket, calls = qr_login_with_the_widget(contexts, demo, demo.demo_url)
+    # the first ticket request had no nonce, was told one, and was sent again with it
+    made = [c for c in calls if c["path"] == "/qr/ticket"]
+    assert made[0]["status"] == 400 and made[0]["body"]["error"] == "use_dpop_nonce"
+    nonce = made[0]["answer_headers"]["dpop-nonce"]
+    assert made[1]["status"] == 201 and proof_parts(made[1]["headers"]["dpop"])[1]["nonce"] == nonce
+    polls = [c for c in calls if c["path"] == "/token"]
+    assert all(proof_parts(c["headers"]["dpop"])[1].get("nonce") for c in polls)
+    tokens = next(c["body"] for c in polls if c.get("status") == 200)
+    assert tokens["token_type"] == "DPoP"
+    jkt = proof_jkt(made[0]["headers"]["dpop"])
+    assert ticket_jkt(demo, ticket["ticket"]) == jkt == token_jkt(demo, tokens["access_token"])
+
+    phone = contexts.page(PHONE)
+    phone_calls = record(phone, "/token", "/qr/inbox")
+    phone_signs_in(phone, demo)
+    exchange = [c for c in phone_calls if c["path"] == "/token"]
+    assert [c["status"] for c in exchange] == [400, 200]
+    assert exchange[0]["body"]["error"] == "use_dpop_nonce"
+    inbox = [c for c in phone_calls if c["path"] == "/qr/inbox"]
+    assert inbox and all(proof_parts(c["headers"]["dpop"])[1].get("nonce") for c in inbox)
+    assert any(c.get("status") == 200 for c in inbox)
+
+
+def test_widget_without_webcrypto_stops_with_an_error_rather_than_unbound_tokens(contexts, demo):
+    """A page that is not a secure context has no crypto.subtle: no PKCE, no DPoP key, no ticket."""
+    computer = contexts.page(DESKTOP)
+    computer.add_init_script(
+        "Object.defineProperty(Crypto.prototype, 'subtle', {get: () => undefined})")
+    calls = record(computer, "/qr/ticket", "/token")
+    computer.goto(demo.demo_url)
+    widget_state(computer, "error")
+    expect(computer.locator(".qrl-status")).to_contain_text("needs WebCrypto")
+    expect(computer.locator("#demo-events li[data-callback=onError]")).to_contain_text(
+        "unsupported_browser")
+    assert calls == []
+
+
+def test_an_existing_demo_database_gets_the_phone_client_bound_to_dpop(tmp_path):
+    server = Demo(tmp_path)
+    server.start()
+    server.stop()
+    with closing(sqlite3.connect(tmp_path / "demo.db")) as db:  # a demo DB from before DPoP
+        db.execute("UPDATE clients SET require_dpop = 0 WHERE client_id = 'demo-phone'")
+        db.commit()
+    server.start()
+    try:
+        assert demo_db(server, "SELECT require_dpop FROM clients WHERE client_id = ?",
+                       "demo-phone") == [(1,)]
+    finally:
+        server.stop()

@@ -8,7 +8,9 @@ backchannel request, ``parts.core.poll`` for the token request), keep the ``auth
 server under a random handle, and give the page only the ID token's claims, verified here. The
 phone page signs in through the hosted login form, confirms scanned tickets through the browser
 confirmation screen, and, as the app would, gets a ``qr:approve`` token for the first-party
-"Demo phone app" (authorization code with PKCE, phone.js) to long-poll its push inbox.
+"Demo phone app" (authorization code with PKCE, phone.js) to long-poll its push inbox. That
+client is registered with ``require_dpop``: the token is DPoP-bound (RFC 9449) to a
+non-extractable key phone.js keeps in IndexedDB, and every inbox call proves it.
 """
 
 from __future__ import annotations
@@ -60,13 +62,18 @@ def prepare(app) -> dict:
                 redirect_uris=[f"{issuer}/demo"], grant_types=[QR_GRANT_TYPE],
                 scope="openid profile email", logo_uri=f"{issuer}/static/logo.svg",
             ))
-        if session.get(Client, DEMO_PHONE_CLIENT_ID) is None:
+        phone = session.get(Client, DEMO_PHONE_CLIENT_ID)
+        if phone is None:
             session.add(Client(
                 client_id=DEMO_PHONE_CLIENT_ID, name="Demo phone app", public=True,
                 first_party=True, redirect_uris=[f"{issuer}/phone"],
                 grant_types=["authorization_code"], scope="openid profile qr:approve",
                 token_endpoint_auth_method="none", logo_uri=f"{issuer}/static/logo.svg",
+                require_dpop=True,
             ))
+        elif not phone.require_dpop:
+            # the app's tokens are DPoP-bound to the key phone.js keeps (a demo DB made before)
+            phone.require_dpop = True
         if session.get(Client, DEMO_PUSH_CLIENT_ID) is None:
             # the demo calls the rule functions in-process: nobody needs the plaintext secret
             session.add(Client(

@@ -5,6 +5,8 @@
   const root = document.getElementById("demo");
   const $ = (id) => document.getElementById(id);
   const { issuer, clientId, scope } = root.dataset;
+  // /demo?dpop=off: the widget without DPoP (Bearer tokens, an unbound ticket), to compare
+  const dpop = new URLSearchParams(window.location.search).get("dpop") !== "off";
   const AMR = { qr: "QR code, approved on the phone", push: "Push request, approved on the phone" };
   let widget = null;
 
@@ -23,13 +25,14 @@
     return JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
   }
 
-  function signedIn(claims, verified) {
+  function signedIn(claims, verified, tokenType) {
     const name = claims.name || claims.preferred_username || claims.sub;
     const amr = (claims.amr || []).join(", ");
     $("demo-name").textContent = name;
     $("demo-email").textContent = claims.email || "(not shared)";
     $("demo-amr").textContent = AMR[amr] || amr;
     $("demo-verified").textContent = verified;
+    $("demo-token-type").textContent = tokenType || "(kept by the shop's server)";
     if (claims.picture) { $("demo-avatar").src = claims.picture; $("demo-avatar").hidden = false; }
     $("demo-signed-out").hidden = true;
     $("demo-signed-in").hidden = false;
@@ -43,13 +46,15 @@
     $("demo-signed-out").hidden = false;
     push.reset();
     widget = QrLogin.mount($("qr-login"), {
-      issuer, clientId, scope,
+      issuer, clientId, scope, dpop,
       onScanned: (user) => note("onScanned", user.name),
       onSuccess: (tokens, claims) => {
         note("onSuccess", claims.name);
         const h = header(tokens.id_token);
         signedIn(claims, "signature verified in this page (" + h.alg + ", key " +
-          String(h.kid).slice(0, 10) + "…, from /jwks.json); issuer, audience, expiry and nonce checked");
+          String(h.kid).slice(0, 10) + "…, from /jwks.json); issuer, audience, expiry and nonce checked",
+          tokens.token_type === "DPoP" ? "DPoP: bound to this page's key, useless to anyone who copies it"
+            : "Bearer: whoever holds it can use it");
       },
       onCancel: () => note("onCancel", "the phone cancelled"),
       onExpired: (info) => note("onExpired", "renewal " + (info.renewals + 1)),

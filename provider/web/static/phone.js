@@ -79,10 +79,15 @@
   });
 })();
 
-// The app's push inbox: the phone simulator gets a Bearer token with qr:approve as the app would
-// (the first-party "Demo phone app": authorization code with PKCE against this provider, kept in
+// The app's push inbox: the phone simulator gets a token with qr:approve as the app would (the
+// first-party "Demo phone app": authorization code with PKCE against this provider, kept in
 // sessionStorage for this tab only), then long-polls /qr/inbox and shows each push request as it
 // arrives. Everything a request carries is put on the page with textContent, never as markup.
+// The token is DPoP-bound (RFC 9449; the client is registered with require_dpop): the phone's key
+// pair is made once per browser profile with WebCrypto, its private key not extractable, and kept
+// in IndexedDB (a CryptoKeyPair is stored by structured clone, never as bytes); the code exchange
+// and every inbox, approve and deny call carry a proof signed with it, so a token copied out of
+// sessionStorage is of no use without the key.
 (function () {
   "use strict";
   const box = document.getElementById("phone-inbox");
@@ -95,8 +100,10 @@
   const statusLine = document.getElementById("inbox-status");
   const result = document.getElementById("inbox-result");
   const list = document.getElementById("inbox-list");
+  const keyLine = document.getElementById("phone-key");
   const shown = new Map(); // scan_code -> {entry, item, picked}
   let token = null;
+  let key = null; // {privateKey, jwk, jkt, kept, nonce}: the phone's DPoP key
   let skew = 0; // the server's clock minus this one, in ms (from the Date header)
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -129,6 +136,113 @@
   }
   function random() { return b64url(crypto.getRandomValues(new Uint8Array(32))); }
 
+  // -- the phone's DPoP key, kept in IndexedDB ---------------------------------------------------
+  const KEY_DB = "qr-oidc-demo-phone";
+  const KEY_STORE = "keys";
+  const KEY_NAME = "dpop";
+
+  function done(request) {
+    return new Promise((resolve, reject) => {
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = (event) => { event.preventDefault(); reject(request.error); };
+    });
+  }
+  function openKeys() {
+    return new Promise((resolve, reject) => {
+      const request = indexedDB.open(KEY_DB, 1);
+      request.onupgradeneeded = () => request.result.createObjectStore(KEY_STORE);
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => reject(request.error);
+      request.onblocked = () => reject(new Error("IndexedDB is blocked"));
+    });
+  }
+  async function keptPair(db) {
+    const found = await done(db.transaction(KEY_STORE).objectStore(KEY_STORE).get(KEY_NAME));
+    return found && found.privateKey && found.publicKey ? found : null;
+  }
+
+  // The key pair of this browser profile: the one kept, or a new one kept now ({pair, kept}).
+  async function phonePair() {
+    let db = null;
+    try { db = await openKeys(); } catch (e) { db = null; } // storage refused: this page only
+    try {
+      if (db) {
+        const found = await keptPair(db).catch(() => null);
+        if (found) return { pair: found, kept: true };
+      }
+      const pair = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign"]);
+      if (!db) return { pair, kept: false };
+      try {
+        // add(), not put(): if another tab kept one meanwhile, that one stays and is used
+        await done(db.transaction(KEY_STORE, "readwrite").objectStore(KEY_STORE).add(pair, KEY_NAME));
+        return { pair, kept: true };
+      } catch (e) {
+        const first = await keptPair(db).catch(() => null);
+        return first ? { pair: first, kept: true } : { pair, kept: false };
+      }
+    } finally {
+      if (db) db.close();
+    }
+  }
+
+  async function phoneKey() {
+    const { pair, kept } = await phonePair();
+    const full = await crypto.subtle.exportKey("jwk", pair.publicKey); // public keys always export
+    const jwk = { kty: full.kty, crv: full.crv, x: full.x, y: full.y };
+    // RFC 7638: the required members in lexicographic order, no white space, SHA-256
+    const canonical = JSON.stringify({ crv: jwk.crv, kty: "EC", x: jwk.x, y: jwk.y });
+    const jkt = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(canonical)));
+    return { privateKey: pair.privateKey, jwk, jkt, kept, nonce: null };
+  }
+
+  function text(value) { return b64url(new TextEncoder().encode(JSON.stringify(value))); }
+
+  // A DPoP proof (ES256) for POST url, with ath for an access token and the server's nonce.
+  async function proof(url, accessToken) {
+    const claims = { jti: b64url(crypto.getRandomValues(new Uint8Array(16))), htm: "POST",
+      htu: url.split("#")[0].split("?")[0], iat: Math.floor((Date.now() + skew) / 1000) };
+    if (accessToken) {
+      claims.ath = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(accessToken)));
+    }
+    if (key.nonce) claims.nonce = key.nonce;
+    const input = text({ typ: "dpop+jwt", alg: "ES256", jwk: key.jwk }) + "." + text(claims);
+    // WebCrypto's ECDSA signature is r || s: the JWS form
+    const signature = await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, key.privateKey,
+      new TextEncoder().encode(input));
+    return input + "." + b64url(signature);
+  }
+
+  // POST with a fresh proof; a use_dpop_nonce refusal is sent again once, with the nonce named.
+  async function send(url, fields, headers, accessToken) {
+    for (let retried = false; ; retried = true) {
+      const response = await fetch(url, {
+        method: "POST", credentials: "omit",
+        headers: { ...headers, DPoP: await proof(url, accessToken) },
+        body: new URLSearchParams(fields),
+      });
+      const date = Date.parse(response.headers.get("Date") || "");
+      if (!Number.isNaN(date)) skew = date - Date.now();
+      const nonce = response.headers.get("DPoP-Nonce");
+      if (nonce) key.nonce = nonce;
+      let body = {};
+      try { body = await response.json(); } catch (e) { /* not JSON: an error below */ }
+      const askedNonce = body.error === "use_dpop_nonce" ||
+        /error="use_dpop_nonce"/.test(response.headers.get("WWW-Authenticate") || "");
+      if (nonce && askedNonce && !retried) continue;
+      return { status: response.status, ok: response.ok, body };
+    }
+  }
+
+  function showKey() {
+    keyLine.replaceChildren("This phone's key: ");
+    const code = el("code", key.jkt.slice(0, 8));
+    code.title = key.jkt;
+    keyLine.append(code, key.kept ? " (kept in this browser; the app's token works only with it)"
+      : " (this page only: the browser keeps no keys here)");
+    keyLine.dataset.jkt = key.jkt;
+    keyLine.hidden = false;
+  }
+
   async function authorize() {
     const verifier = random();
     const challenge = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
@@ -144,15 +258,14 @@
   }
 
   async function redeem(code, verifier) {
-    const response = await fetch(issuer + "/token", {
-      method: "POST", credentials: "omit",
-      body: new URLSearchParams({ grant_type: "authorization_code", code, redirect_uri: redirectUri,
-        client_id: clientId, code_verifier: verifier }),
-    });
-    const body = await response.json();
-    if (!response.ok || !body.access_token) throw new Error(body.error || "no token");
+    const answer = await send(issuer + "/token", { grant_type: "authorization_code", code,
+      redirect_uri: redirectUri, client_id: clientId, code_verifier: verifier },
+    { Accept: "application/json" }, null);
+    const body = answer.body;
+    if (!answer.ok || !body.access_token) throw new Error(body.error || "no token");
+    if (body.token_type !== "DPoP") throw new Error("the token is not bound to this phone's key");
     const expiresAt = Date.now() / 1000 + (Number(body.expires_in) || 300);
-    keep("token", { user, token: body.access_token, expires_at: expiresAt, at: Date.now() });
+    keep("token", { user, jkt: key.jkt, token: body.access_token, expires_at: expiresAt, at: Date.now() });
     return body.access_token;
   }
 
@@ -170,7 +283,9 @@
       return redeem(code, flow.verifier);
     }
     const saved = read("token");
-    if (saved && saved.user === user && saved.expires_at > Date.now() / 1000 + 30) return saved.token;
+    if (saved && saved.user === user && saved.jkt === key.jkt && saved.expires_at > Date.now() / 1000 + 30) {
+      return saved.token;
+    }
     keep("token", null);
     const flow = read("flow");
     if (flow && Date.now() - flow.at < 10000) throw new Error("the sign-in did not come back");
@@ -179,17 +294,9 @@
   }
 
   // -- the inbox ---------------------------------------------------------------------------------
-  async function call(path, fields) {
-    const response = await fetch(issuer + path, {
-      method: "POST", credentials: "omit",
-      headers: { Authorization: "Bearer " + token, Accept: "application/json" },
-      body: new URLSearchParams(fields),
-    });
-    const date = Date.parse(response.headers.get("Date") || "");
-    if (!Number.isNaN(date)) skew = date - Date.now();
-    let body = {};
-    try { body = await response.json(); } catch (e) { /* not JSON: an error below */ }
-    return { status: response.status, ok: response.ok, body };
+  function call(path, fields) {
+    return send(issuer + path, fields, { Authorization: "DPoP " + token, Accept: "application/json" },
+      token);
   }
 
   function hints(risk) {
@@ -369,6 +476,14 @@
   if (signOut) signOut.addEventListener("submit", () => { keep("token", null); keep("flow", null); });
 
   (async function () {
+    try {
+      key = await phoneKey();
+      showKey();
+    } catch (e) {
+      setState("failed", "The app could not make its key (" + e.message + "); this page needs a " +
+        "browser with WebCrypto, over HTTPS or on localhost.");
+      return;
+    }
     try {
       token = await obtain();
     } catch (e) {

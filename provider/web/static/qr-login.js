@@ -17,6 +17,11 @@
  *   elsewhere (by the provider's hosted login page, or by a confidential client's server); the
  *   widget shows and follows it, asks `renew` for the first and for every next one, and calls
  *   onApproved instead of polling the token endpoint.
+ * DPoP (RFC 9449), on by default in create mode: the widget makes a non-extractable ECDSA P-256
+ * key per mount (WebCrypto) and sends a proof with the ticket creation and every token poll, so
+ * the ticket and the tokens are bound to that key (`token_type: "DPoP"`); `dpop: false` turns it
+ * off (Bearer tokens, an unbound ticket). `handle.dpopProof(method, url, accessToken)` makes a
+ * proof for a resource call with the widget's key.
  * Declarative use: any element with a `data-qr-login` attribute is mounted when the page loads,
  * with options from its data attributes; callbacks are also dispatched as DOM events
  * (qrlogin:scanned, qrlogin:success, qrlogin:approved, qrlogin:cancel, qrlogin:expired,
@@ -124,19 +129,62 @@
     }
   }
 
-  // POST a form body (a CORS-safelisted content type: no preflight) without cookies.
-  async function post(url, params, signal) {
+  // The server's clock minus this one, in ms, from the Date header of its answers (when the browser
+  // lets the page read it): a DPoP proof's iat is the server's time (it allows 5 s ahead).
+  var skew = 0;
+  function noteDate(response) {
+    var date = Date.parse((response && response.headers && response.headers.get("Date")) || "");
+    if (!isNaN(date)) skew = date - Date.now();
+  }
+
+  // POST a form body without cookies. Without a DPoP proof the request is CORS-simple (a
+  // safelisted content type: no preflight); with one, the provider allows the DPoP header.
+  async function post(url, params, signal, proof) {
+    var headers = { "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json" };
+    if (proof) headers.DPoP = proof;
     var response = await fetch(url, {
       method: "POST",
       body: new URLSearchParams(params),
-      headers: { "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json" },
+      headers: headers,
       credentials: "omit",
       cache: "no-store",
       signal: signal,
     });
+    noteDate(response);
     var body = null;
     try { body = await response.json(); } catch (e) { body = null; }
     return { status: response.status, headers: response.headers, body: body || {} };
+  }
+
+  function hasWebCrypto() {
+    return typeof crypto !== "undefined" && !!crypto.subtle && typeof crypto.getRandomValues === "function";
+  }
+
+  // -- DPoP (RFC 9449) -------------------------------------------------------------------------
+  // A key pair whose private key never leaves WebCrypto (not extractable); proofs are ES256 JWS.
+  async function dpopKey() {
+    var pair = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign"]);
+    var full = await crypto.subtle.exportKey("jwk", pair.publicKey);
+    var jwk = { kty: full.kty, crv: full.crv, x: full.x, y: full.y };
+    // RFC 7638 thumbprint: the required members, in lexicographic order, no spaces
+    var canonical = JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y });
+    return { privateKey: pair.privateKey, jwk: jwk, jkt: await s256(canonical), nonce: null };
+  }
+  function b64urlText(text) { return b64url(new TextEncoder().encode(text)); }
+  /** A DPoP proof for METHOD URL (htu: the URL without query or fragment), with `ath` for an
+   *  access token and the server's nonce when one was given. */
+  async function dpopProof(key, method, url, accessToken) {
+    var htu = String(url).split("#")[0].split("?")[0];
+    var claims = { jti: randomString(16), htm: method, htu: htu,
+      iat: Math.floor((Date.now() + skew) / 1000) };
+    if (accessToken) claims.ath = await s256(accessToken);
+    if (key.nonce) claims.nonce = key.nonce;
+    var input = b64urlText(JSON.stringify({ typ: "dpop+jwt", alg: "ES256", jwk: key.jwk })) + "." +
+      b64urlText(JSON.stringify(claims));
+    // WebCrypto's ECDSA signature is r || s (64 bytes): what a JWS ES256 signature is
+    var signature = await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, key.privateKey,
+      new TextEncoder().encode(input));
+    return input + "." + b64url(signature);
   }
 
   // -- discovery and ID token verification -------------------------------------------------------
@@ -145,6 +193,7 @@
     if (!discoveries[issuer]) {
       discoveries[issuer] = fetch(issuer + "/.well-known/openid-configuration", { credentials: "omit" })
         .then(function (r) {
+          noteDate(r);
           if (!r.ok) throw new QrLoginError("discovery_failed", "HTTP " + r.status, r.status);
           return r.json();
         })
@@ -229,6 +278,7 @@
         issuer: scriptIssuer || window.location.origin,
         scope: "openid profile",
         verifyIdToken: true,
+        dpop: true,
         autoRenew: true,
         maxRenewals: 10,
         wait: 25,
@@ -415,7 +465,14 @@
     // create mode: ticket, follow, tokens; renew when expired
     async runCreate(signal) {
       var o = this.options;
+      if (!hasWebCrypto()) {
+        // PKCE (and DPoP) need WebCrypto, which browsers give only to secure contexts
+        throw new QrLoginError("unsupported_browser",
+          "this page needs WebCrypto (HTTPS, or localhost) to sign in with a QR code");
+      }
       var meta = await this.endpoints(signal);
+      var dpop = o.dpop === false ? null : await this.dpopKey();
+      if (signal.aborted) return;
       for (;;) {
         this.setState("loading", this.renewals ? null : this.texts.loading);
         var verifier = randomString(32);
@@ -424,7 +481,7 @@
           client_id: o.clientId, scope: o.scope, nonce: nonce,
           code_challenge: await s256(verifier), code_challenge_method: "S256",
         };
-        var created = await this.call(meta.qr_ticket_endpoint, params, signal, 4);
+        var created = await this.call(meta.qr_ticket_endpoint, params, signal, 4, dpop);
         if (signal.aborted) return;
         if (created.status !== 201) {
           throw new QrLoginError(created.body.error || "ticket_failed", created.body.error_description,
@@ -440,7 +497,7 @@
           this.stopTimer();
           this.ui.timer.hidden = true;
           this.setState("approved", this.texts.approved);
-          var tokens = await this.redeem(meta.token_endpoint, t, verifier, signal);
+          var tokens = await this.redeem(meta.token_endpoint, t, verifier, signal, dpop);
           if (signal.aborted || !tokens) return;
           var claims = null;
           if (tokens.id_token) {
@@ -518,6 +575,19 @@
       }
     }
 
+    // The mount's DPoP key, made once (a restart keeps it; a new mount makes another).
+    dpopKey() {
+      if (!this.dpop) {
+        var self = this;
+        this.dpop = dpopKey().catch(function (e) {
+          self.dpop = null;
+          throw new QrLoginError("dpop_unavailable", "this browser cannot make an ECDSA P-256 key (" +
+            ((e && e.message) || e) + "); mount the widget with dpop: false to do without", 0);
+        });
+      }
+      return this.dpop;
+    }
+
     async nextTicket(signal) {
       this.setState("loading", null);
       var next = await this.options.renew();
@@ -544,17 +614,27 @@
 
     // A POST that retries network failures and 429/5xx with backoff (at most `tries` failures in a
     // row); any other answer is returned. The state's text comes back once the server answers.
-    async call(url, params, signal, tries) {
+    // With a DPoP key each attempt carries a fresh proof; a `use_dpop_nonce` refusal is retried
+    // once with the nonce the server named (DPoP-Nonce), which later proofs carry too.
+    async call(url, params, signal, tries, dpop) {
       tries = tries || 30;
-      var interrupted = false;
+      var interrupted = false, nonceRetried = false;
       for (var attempt = 0; ; attempt++) {
         var result = null, failure = null;
         try {
-          result = await post(url, params, signal);
+          var proof = dpop ? await dpopProof(dpop, "POST", url) : null;
+          result = await post(url, params, signal, proof);
         } catch (err) {
           failure = err;
         }
         if (signal.aborted) return { status: 0, body: {}, headers: new Headers() };
+        var nonce = dpop && result && result.headers.get("DPoP-Nonce");
+        if (nonce) dpop.nonce = nonce;
+        if (nonce && !nonceRetried && result.body.error === "use_dpop_nonce") {
+          nonceRetried = true;
+          attempt--; // not a failure
+          continue;
+        }
         if (result && result.status !== 429 && result.status < 500) {
           if (interrupted) this.say(this.stateText);
           return result;
@@ -615,12 +695,12 @@
     }
 
     // Poll the token endpoint (RFC 8628 rules: authorization_pending waits, slow_down adds 5 s).
-    async redeem(url, t, verifier, signal) {
+    async redeem(url, t, verifier, signal, dpop) {
       var interval = Math.max(1, Number(t.interval) || 2);
       var params = { grant_type: QR_GRANT, ticket: t.ticket, client_id: this.options.clientId,
         code_verifier: verifier };
       for (var polls = 0; polls < 100; polls++) {
-        var r = await this.call(url, params, signal);
+        var r = await this.call(url, params, signal, 0, dpop);
         if (signal.aborted) return null;
         if (r.status === 200) return r.body;
         var error = r.body.error;
@@ -654,6 +734,14 @@
     return {
       get state() { return widget.state; },
       get ticket() { return widget.ticket || null; },
+      /** A DPoP proof by this mount's key (RFC 9449), e.g. for the userinfo endpoint with the access
+       *  token (`Authorization: DPoP <token>`); rejects when the widget has no key (dpop: false). */
+      dpopProof: async function (method, url, accessToken) {
+        if (widget.options.dpop === false || !hasWebCrypto()) {
+          throw new QrLoginError("dpop_unavailable", "this widget has no DPoP key");
+        }
+        return dpopProof(await widget.dpopKey(), String(method).toUpperCase(), url, accessToken);
+      },
       restart: function () { widget.restart(); },
       destroy: function () { widget.destroy(); },
     };
@@ -671,6 +759,7 @@
     if (d.issuer) options.issuer = d.issuer;
     if (d.clientId) options.clientId = d.clientId;
     if (d.scope) options.scope = d.scope;
+    if (d.dpop === "false" || d.dpop === "off") options.dpop = false;
     if (d.ticket) {
       options.ticket = {
         ticket: d.ticket, qr_image: d.qrImage, user_code: d.userCode,
