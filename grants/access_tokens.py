@@ -66,7 +66,7 @@ def new_access_token(settings, keys, *, grant_type: str, client_id: str, sub: st
 
 
 def token_row(settings, pending: dict, *, client_id: str, user_id: int | None, scope: str,
-              family_id: str | None, auth_time, amr) -> dict:
+              family_id: str | None, auth_time, amr, sid: str | None = None) -> dict:
     """The columns of the ``tokens`` row kept for an access token (and its refresh token's
     digest): ``Token(**token_row(...))``, or the token core's ``INSERT``."""
     at = now()
@@ -87,6 +87,7 @@ def token_row(settings, pending: dict, *, client_id: str, user_id: int | None, s
         "auth_time": auth_time,
         "amr": amr,
         "dpop_jkt": pending.get("jkt"),
+        "sid": sid,
     }
 
 
@@ -142,14 +143,16 @@ def authenticate_bearer(parts, header: str | None, required_scope: str | None = 
     if not isinstance(exp, (int, float)) or exp <= time.time():
         raise BearerError("invalid_token", 401, "The access token has expired.")
     _check_binding(parts, claims, scheme, value, proof)
+    challenge = "DPoP" if scheme == "dpop" else "Bearer"  # (the scheme the token came with)
     jti = claims.get("jti")
     row = (parts.db.session.query(Token).filter_by(jti=jti).one_or_none()
            if isinstance(jti, str) else None)
     if row is None or row.revoked:
-        raise BearerError("invalid_token", 401, "The access token has been revoked.")
+        raise BearerError("invalid_token", 401, "The access token has been revoked.",
+                          scheme=challenge)
     if required_scope and required_scope not in (scope_to_list(row.scope) or []):
         raise BearerError("insufficient_scope", 403,
-                          f"The access token lacks scope {required_scope}.")
+                          f"The access token lacks scope {required_scope}.", scheme=challenge)
     user = parts.db.session.get(User, row.user_id) if row.user_id else None
     return claims, row, user
 

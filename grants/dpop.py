@@ -41,8 +41,10 @@ from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry
 from joserfc.jws import JWSRegistry
 
-ALGORITHMS = ["ES256", "RS256", "PS256", "EdDSA"]  # dpop_signing_alg_values_supported
-KEY_TYPES = {"ES256": "EC", "RS256": "RSA", "PS256": "RSA", "EdDSA": "OKP"}
+# dpop_signing_alg_values_supported; Ed25519 is RFC 9864's name for EdDSA with that curve, which
+# newer clients (openid-client 6.9) use
+ALGORITHMS = ["ES256", "RS256", "PS256", "EdDSA", "Ed25519"]
+KEY_TYPES = {"ES256": "EC", "RS256": "RSA", "PS256": "RSA", "EdDSA": "OKP", "Ed25519": "OKP"}
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 MAX_PROOF = 8192
 IAT_WINDOW = 300  # seconds a proof is good for after its iat (and the replay cache keeps jti)
@@ -225,8 +227,9 @@ def one_proof(values: list[str]) -> str | None:
 
 def values_of(header: str | None) -> list[str]:
     """The ``DPoP`` header values of a request whose server joined repeated headers with commas
-    (WSGI, and the event path alike); a proof itself has no comma."""
-    return [part.strip() for part in header.split(",")] if header else []
+    (WSGI, and the event path alike); a proof itself has no comma. A header sent empty is a
+    value (an empty proof, refused), not the absence of one."""
+    return [] if header is None else [part.strip() for part in header.split(",")]
 
 
 def require_binding(client, jkt: str | None) -> None:

@@ -15,7 +15,8 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 KEYS = {"ES256": lambda: ECKey.generate_key("P-256"),
         "RS256": lambda: RSAKey.generate_key(2048),
         "PS256": lambda: RSAKey.generate_key(2048),
-        "EdDSA": lambda: OKPKey.generate_key("Ed25519")}
+        "EdDSA": lambda: OKPKey.generate_key("Ed25519"),
+        "Ed25519": lambda: OKPKey.generate_key("Ed25519")}
 
 
 def b64(data: bytes) -> str:

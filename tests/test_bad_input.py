@@ -1,7 +1,8 @@
 """Malformed requests at every JSON endpoint: broken and hostile JSON, wrong content types,
 non-UTF-8 bytes, oversized and chunked bodies, repeated parameters, wrong methods, unknown paths,
-forged bearer tokens. The server never answers 5xx, always answers a JSON error, changes nothing in
-its database, and never writes a secret to its log.
+forged bearer tokens, malformed DPoP proofs (RFC 9449) at the token endpoint, at ticket creation
+and at the phone's endpoints. The server never answers 5xx, always answers a JSON error, changes
+nothing in its database, and never writes a secret to its log.
 
 This module runs its own ``qr-oidc serve`` process: the flood of bad requests then cannot trip a
 rate limit or fill a table that the other modules' tests rely on, and the log read at the end holds
@@ -13,16 +14,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import secrets
-from urllib.parse import quote, urlencode
+import time
+from urllib.parse import quote, urlencode, urlsplit
 
 import jwt
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
+from dpop_client import DPoPKey, unsigned
 
-from helpers import DEVICE_GRANT, QR_GRANT, Provider, approved_ticket, sign_in_phone
+from helpers import DEVICE_GRANT, QR_GRANT, Provider, approved_ticket, authorize, sign_in_phone
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -177,8 +181,9 @@ def assert_json_error(name: str, response: requests.Response) -> dict:
         (response.status_code, response.headers.get("Content-Type"), response.text[:200])
     body = response.json()
     assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
-    if response.status_code == 401 and name in BEARER:
-        assert response.headers.get("WWW-Authenticate", "").startswith("Bearer"), response.headers
+    if response.status_code == 401 and name in BEARER:  # RFC 6750 §3, or RFC 9449 §7.1
+        assert response.headers.get("WWW-Authenticate", "").startswith(("Bearer ", "DPoP ")), \
+            response.headers
     return body
 
 
@@ -302,6 +307,287 @@ def test_a_bad_basic_authorization_header_gets_a_json_client_error(server, name,
     assert assert_json_error(name, response)["error"] in ("invalid_client", "invalid_request")
     if response.status_code == 401:  # RFC 6749 §5.2: the scheme the client tried
         assert response.headers.get("WWW-Authenticate", "").startswith("Basic")
+
+
+# -- malformed DPoP proofs (RFC 9449) --------------------------------------------------------------
+DPOP_GRANTS = ("authorization_code", "refresh_token", QR_GRANT, DEVICE_GRANT)
+
+
+def bad_proofs(url: str, method: str, key: DPoPKey, access_token: str | None = None) -> dict:
+    """Proof headers that must each be refused for ``method`` ``url`` (a str is sent as it is, a
+    bytes value as raw header bytes, a list as that many ``DPoP`` headers)."""
+    def proof(**kwargs):
+        return key.proof(method, kwargs.pop("htu", url), access_token=access_token, **kwargs)
+
+    private = {**key.public(), "d": key.key.as_dict(private=True)["d"]}
+    claims = {"jti": secrets.token_urlsafe(12), "htm": method, "htu": url,
+              "iat": int(time.time()), **({"ath": _b64(hashlib.sha256(
+                  access_token.encode()).digest())} if access_token else {})}
+    good = proof()
+    return {
+        "not_a_jwt": "not-a-jwt",
+        "two_parts": "a.b",
+        "four_parts": good + ".x",
+        "garbage_parts": "!!.??.**",
+        "base64_of_junk": f"{_b64(b'junk')}.{_b64(b'more junk')}.{_b64(b'sig')}",
+        "json_array_header": f"{_b64(b'[1, 2]')}.{_b64(_json(claims))}.c2ln",
+        "wrong_typ": proof(header={"typ": "JWT"}),
+        "at_jwt_typ": proof(header={"typ": "at+jwt"}),
+        "no_typ": proof(header={"typ": None}),
+        "private_key_in_the_header": proof(header={"jwk": private}),
+        "no_jwk": proof(header={"jwk": None}),
+        "jwk_not_an_object": unsigned({"typ": "dpop+jwt", "alg": "ES256", "jwk": "key"}, claims,
+                                      "c2ln"),
+        "symmetric_jwk": unsigned({"typ": "dpop+jwt", "alg": "ES256",
+                                   "jwk": {"kty": "oct", "k": "c2VjcmV0"}}, claims, "c2ln"),
+        "alg_none": unsigned({"typ": "dpop+jwt", "alg": "none", "jwk": key.public()}, claims),
+        "alg_none_with_signature": unsigned({"typ": "dpop+jwt", "alg": "none",
+                                             "jwk": key.public()}, claims, "c2ln"),
+        "hs256": _hs256({"typ": "dpop+jwt", "alg": "HS256", "jwk": key.public()}, claims,
+                        json.dumps(key.public()).encode()),
+        "another_keys_jwk": proof(header={"jwk": DPoPKey().public()}),
+        "bad_signature": good[:-6] + ("AAAAAA" if not good.endswith("AAAAAA") else "BBBBBB"),
+        "huge": "a" * 9000 + "." + "b" * 10 + "." + "c",
+        "huge_real_proof": proof(padding="x" * 9000),
+        "non_ascii_latin1": (good + "\u00e9").encode("latin-1"),
+        "non_ascii_utf8": (good[:40] + "\u00e9\u2603" + good[40:]).encode("utf-8"),
+        "htu_with_a_query": proof(htu=url + "?x=1"),
+        "htu_with_a_fragment": proof(htu=url + "#frag"),
+        "htu_other_path": proof(htu=url + "/more"),
+        "htu_other_scheme": proof(htu=url.replace("http://", "ftp://", 1)),
+        "other_method": key.proof("GET" if method == "POST" else "POST", url,
+                                  access_token=access_token),
+        "too_old": proof(iat=int(time.time()) - 3600),
+        "from_the_future": proof(iat=int(time.time()) + 3600),
+        "iat_a_string": proof(iat="now"),
+        "iat_a_boolean": proof(iat=True),
+        "no_jti": proof(jti=None),
+        "short_jti": proof(jti="x"),
+        "jti_not_a_string": proof(jti=12345678901),
+        "two_headers": [proof(), proof()],
+        "two_proofs_joined": proof() + ", " + proof(),
+        "a_lone_comma": ",",
+    }
+
+
+def _hs256(header: dict, claims: dict, secret: bytes) -> str:
+    signing_input = f"{_b64(_json(header))}.{_b64(_json(claims))}"
+    mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(mac)}"
+
+
+def raw_post(url: str, headers: list[tuple[str, str | bytes]], body: bytes = b"",
+             content_type: str = FORM) -> tuple[int, dict, bytes]:
+    """A POST whose headers go out as given: repeated, or raw bytes (requests would merge or
+    re-encode them)."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.putrequest("POST", parts.path or "/")
+        for name, value in [("Content-Type", content_type),
+                            ("Content-Length", str(len(body))), *headers]:
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def send_proof(url: str, proof, headers: dict, body: dict) -> tuple[int, dict, dict]:
+    """The request with ``proof`` as its DPoP header(s); (status, headers, JSON body)."""
+    values = proof if isinstance(proof, list) else [proof]
+    raw = [*headers.items(), *(("DPoP", value) for value in values)]
+    status, answer_headers, content = raw_post(url, raw, urlencode(body).encode())
+    assert status < 500, (status, content[:300])
+    assert answer_headers.get("content-type", "").startswith("application/json"), \
+        (status, answer_headers, content[:200])
+    return status, answer_headers, json.loads(content)
+
+
+def basic(client: dict) -> dict:
+    raw = f"{client['client_id']}:{client['client_secret']}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+
+@pytest.fixture(scope="module")
+def bound_phone(server) -> tuple[DPoPKey, str]:
+    """A phone app (``--require-dpop``, as the real one may be) whose access token is bound to
+    its key."""
+    app = server.create_client("--name", "Bound app", "--public", "--first-party",
+                               "--redirect-uri", "http://127.0.0.1/callback",
+                               "--grant-type", "authorization_code",
+                               "--scope", "openid profile qr:approve", "--require-dpop")
+    server.create_user("hugo", "hugo-password", name="Hugo")
+    key = DPoPKey()
+    _session, query, verifier = authorize(server, app, "hugo", "hugo-password",
+                                          scope="openid profile qr:approve")
+    answer = requests.post(server.url + "/token", timeout=30, headers={
+        "DPoP": key.proof("POST", server.url + "/token")}, data={
+        "grant_type": "authorization_code", "code": query["code"],
+        "redirect_uri": app["redirect_uris"][0], "client_id": app["client_id"],
+        "code_verifier": verifier})
+    assert answer.status_code == 200 and answer.json()["token_type"] == "DPoP", answer.text
+    return key, answer.json()["access_token"]
+
+
+def ticket_state(server, ticket: str) -> tuple:
+    digest = hashlib.sha256(ticket.encode()).hexdigest()
+    return tuple(server.db("SELECT status, user_id, scanned_at, decided_at, redeemed_at, "
+                           "last_poll_at, poll_interval, dpop_jkt FROM tickets "
+                           "WHERE ticket_hash = ?", digest)[0])
+
+
+def test_malformed_dpop_proofs_at_the_token_endpoint_are_refused_and_change_nothing(
+        server, client, phone_token):
+    """Every grant that the token endpoint serves, on both of its paths (the event path's QR and
+    device polls, the WSGI path's refresh): 400 ``invalid_dpop_proof``, no token, no poll
+    recorded, nothing used up; the same tickets then redeem with a good proof."""
+    key = DPoPKey()
+    url = server.meta["token_endpoint"]
+    auth = basic(client)
+    bound = requests.post(server.meta["qr_ticket_endpoint"], timeout=30, data={"scope": "openid"},
+                          headers={**auth, "DPoP": key.proof(
+                              "POST", server.meta["qr_ticket_endpoint"])})
+    assert bound.status_code == 201, bound.text
+    bound = bound.json()
+    for action in ("scan", "approve"):
+        assert server.phone(action, phone_token,
+                            scan_code=server.scan_code(bound)).status_code == 200
+    pending = server.ticket(client, scope="openid")
+    unbound = approved_ticket(server, client, phone_token, scope="openid offline_access")
+    refresh = server.poll(client, unbound["ticket"]).json()["refresh_token"]
+    requests_by_grant = {
+        "bound QR ticket": {"grant_type": QR_GRANT, "ticket": bound["ticket"]},
+        "pending QR ticket": {"grant_type": QR_GRANT, "ticket": pending["ticket"]},
+        "refresh token": {"grant_type": "refresh_token", "refresh_token": refresh},
+        "device code": {"grant_type": DEVICE_GRANT, "device_code": "never-issued"},
+        "code": {"grant_type": "authorization_code", "code": "never-issued"},
+    }
+    states = {name: ticket_state(server, t["ticket"]) for name, t in
+              (("bound", bound), ("pending", pending))}
+    before = table_counts(server)
+    problems = []
+    for what, body in requests_by_grant.items():
+        for how, proof in bad_proofs(url, "POST", key).items():
+            status, headers, answer = send_proof(url, proof, auth, body)
+            if (status, answer.get("error")) != (400, "invalid_dpop_proof") \
+                    or "access_token" in answer or headers.get("cache-control") != "no-store":
+                problems.append(f"{what} {how}: {status} {answer}")
+    assert not problems, "\n".join(problems)
+    assert table_counts(server) == before
+    assert {name: ticket_state(server, t["ticket"]) for name, t in
+            (("bound", bound), ("pending", pending))} == states
+    assert server.status(bound["ticket"]).json()["status"] == "approved"
+    assert server.status(pending["ticket"]).json()["status"] == "pending"
+    # nothing was used up: the bound ticket and the refresh token work with good proofs
+    good = requests.post(url, timeout=30, data=requests_by_grant["bound QR ticket"],
+                         headers={**auth, "DPoP": key.proof("POST", url)})
+    assert good.status_code == 200 and good.json()["token_type"] == "DPoP", good.text
+    renewed = requests.post(url, timeout=30, data=requests_by_grant["refresh token"],
+                            headers={**auth, "DPoP": key.proof("POST", url)})
+    assert renewed.status_code == 200, renewed.text
+
+
+@pytest.mark.parametrize("name", ["qr_ticket", "device_authorization"])
+def test_malformed_dpop_proofs_at_ticket_creation_are_refused_and_make_no_ticket(
+        server, client, name):
+    key = DPoPKey()
+    url = server.meta[ENDPOINTS[name][0]]
+    before = table_counts(server)
+    problems = []
+    for with_jkt in (False, True):
+        body = {"scope": "openid", **({"dpop_jkt": key.jkt} if with_jkt else {})}
+        for how, proof in bad_proofs(url, "POST", key).items():
+            status, _headers, answer = send_proof(url, proof, basic(client), body)
+            if (status, answer.get("error")) != (400, "invalid_dpop_proof"):
+                problems.append(f"{how} (dpop_jkt: {with_jkt}): {status} {answer}")
+    assert not problems, "\n".join(problems)
+    assert table_counts(server) == before  # no ticket was made
+    # a dpop_jkt that is not a thumbprint
+    for jkt in ("x" * 42, "x" * 44, "+" * 43, key.jkt + "=", "\u00e9" * 43):
+        answer = requests.post(url, timeout=30, data={"dpop_jkt": jkt}, headers=basic(client))
+        assert answer.status_code == 400, (jkt, answer.text)
+        assert answer.json()["error"] == "invalid_request", (jkt, answer.text)
+    assert table_counts(server) == before
+
+
+PHONE = ["qr_scan", "qr_approve", "qr_deny", "qr_inbox", "userinfo"]
+
+
+@pytest.mark.parametrize("name", PHONE)
+def test_malformed_dpop_proofs_at_the_phones_endpoints_are_refused_and_change_nothing(
+        server, client, bound_phone, name):
+    """With a DPoP-bound token: 401 ``invalid_dpop_proof`` (or ``invalid_token`` for a key that is
+    not the token's) with a DPoP challenge; a pending ticket stays pending, a scanned one
+    scanned."""
+    key, token = bound_phone
+    url = server.meta[ENDPOINTS[name][0]]
+    ticket = server.ticket(client, scope="openid")
+    code = server.scan_code(ticket)
+    if name in ("qr_approve", "qr_deny"):  # a ticket the phone scanned, waiting for its decision
+        scan_url = server.meta["qr_scan_endpoint"]
+        scanned = requests.post(scan_url, data={"scan_code": code}, timeout=30, headers={
+            "Authorization": f"DPoP {token}",
+            "DPoP": key.proof("POST", scan_url, access_token=token)})
+        assert scanned.status_code == 200, scanned.text
+    state = ticket_state(server, ticket["ticket"])
+    before = table_counts(server)
+    problems = []
+    for how, proof in bad_proofs(url, "POST", key, access_token=token).items():
+        status, headers, answer = send_proof(url, proof, {"Authorization": f"DPoP {token}"},
+                                             {"scan_code": code})
+        challenge = headers.get("www-authenticate", "")
+        if status != 401 or answer.get("error") not in ("invalid_dpop_proof", "invalid_token") \
+                or not challenge.startswith(f'DPoP error="{answer.get("error")}"') \
+                or 'algs="' not in challenge:
+            problems.append(f"{how}: {status} {answer} {challenge!r}")
+    # the token as Bearer, or with no proof at all
+    for how, headers in (("as Bearer", {"Authorization": f"Bearer {token}"}),
+                         ("no proof", {"Authorization": f"DPoP {token}"})):
+        answer = requests.post(url, data={"scan_code": code}, headers=headers, timeout=30)
+        if answer.status_code != 401 or not answer.headers.get(
+                "WWW-Authenticate", "").startswith("DPoP "):
+            problems.append(f"{how}: {answer.status_code} {answer.text[:200]}")
+    assert not problems, "\n".join(problems)
+    assert table_counts(server) == before
+    assert ticket_state(server, ticket["ticket"]) == state
+    expected = "pending" if name in ("qr_scan", "qr_inbox", "userinfo") else "scanned"
+    assert server.status(ticket["ticket"]).json()["status"] == expected
+    # the same request with a good proof is answered
+    good = requests.post(url, data={"scan_code": code}, timeout=30, headers={
+        "Authorization": f"DPoP {token}", "DPoP": key.proof("POST", url, access_token=token)})
+    assert good.status_code == 200, good.text
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+@pytest.mark.parametrize("name", ["token", "qr_ticket", "device_authorization"])
+def test_an_empty_dpop_header_is_refused_like_any_malformed_proof(server, client, phone_token,
+                                                                  name, blank):
+    url = server.meta[ENDPOINTS[name][0]]
+    body = {"scope": "openid"}
+    if name == "token":
+        unbound = approved_ticket(server, client, phone_token, scope="openid offline_access")
+        body = {"grant_type": "refresh_token",
+                "refresh_token": server.poll(client, unbound["ticket"]).json()["refresh_token"]}
+    before = table_counts(server)
+    status, _headers, answer = send_proof(url, blank, basic(client), body)
+    assert (status, answer.get("error")) == (400, "invalid_dpop_proof"), (status, answer)
+    assert table_counts(server) == before
+
+
+@pytest.mark.parametrize("name", ["qr_scan", "userinfo"])
+def test_a_dpop_header_beside_a_bearer_token_is_not_acted_on(server, client, phone_token, name):
+    """An unbound token is sent as Bearer; a DPoP header beside it, however malformed, is not
+    read (RFC 9449 §7.2) and never a 5xx."""
+    url = server.meta[ENDPOINTS[name][0]]
+    key = DPoPKey()
+    ticket = server.ticket(client, scope="openid")  # the same user scanning again: the same view
+    bearer = {"Authorization": f"Bearer {phone_token}"}
+    for how, proof in bad_proofs(url, "POST", key).items():
+        status, _headers, answer = send_proof(url, proof, bearer,
+                                              {"scan_code": server.scan_code(ticket)})
+        assert status == 200, (how, status, answer)
 
 
 # -- methods and paths -----------------------------------------------------------------------------

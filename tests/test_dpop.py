@@ -91,11 +91,12 @@ def strict(provider, _shared):
 # -- discovery -----------------------------------------------------------------------------------
 def test_discovery_lists_the_proof_algorithms(provider):
     meta = requests.get(provider.url + "/.well-known/openid-configuration", timeout=30).json()
-    assert meta["dpop_signing_alg_values_supported"] == ["ES256", "RS256", "PS256", "EdDSA"]
+    assert meta["dpop_signing_alg_values_supported"] == ["ES256", "RS256", "PS256", "EdDSA",
+                                                         "Ed25519"]
 
 
 # -- the QR grant: a ticket bound to the browser's key, bound tokens ------------------------------
-@pytest.mark.parametrize("alg", ["ES256", "RS256", "PS256", "EdDSA"])
+@pytest.mark.parametrize("alg", ["ES256", "RS256", "PS256", "EdDSA", "Ed25519"])
 def test_a_bound_ticket_answers_only_polls_by_its_key_and_gives_bound_tokens(
         provider, shop, alice, alice_phone, alg):
     key, other = DPoPKey(alg), DPoPKey()
@@ -332,7 +333,7 @@ def test_a_replayed_proof_is_refused_at_the_token_endpoint_and_at_resources(prov
     assert userinfo(provider, access, proof=at_resource).status_code == 200
     again = userinfo(provider, access, proof=at_resource)
     assert again.status_code == 401 and again.json()["error"] == "invalid_dpop_proof"
-    assert 'algs="ES256 RS256 PS256 EdDSA"' in again.headers["WWW-Authenticate"]
+    assert 'algs="ES256 RS256 PS256 EdDSA Ed25519"' in again.headers["WWW-Authenticate"]
     for wrong in (key.proof("POST", provider.url + "/userinfo", access_token=access),
                   key.proof("GET", provider.url + "/userinfo"),  # no ath
                   key.proof("GET", provider.url + "/userinfo", access_token="other")):

@@ -469,3 +469,113 @@ def test_push_login_through_openid_client(run, provider, call_centre, phone_clie
     assert claims["sub"] == user["sub"] and claims["amr"] == ["push"]
     assert result["userinfo"]["sub"] == user["sub"]
     assert result["userinfo"]["name"] == "Nora Node"
+
+
+# -- DPoP (RFC 9449) through openid-client's own proofs --------------------------------------------
+def access_claims(token: str) -> dict:
+    """The access token's claims (no check: the server made it; userinfo checks it)."""
+    import jwt
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+@pytest.fixture(scope="module")
+def dpop_spa(provider):
+    """A public relying party of the code flow that refreshes: its refresh tokens get bound."""
+    return provider.create_client("--name", "Node DPoP SPA", "--public", "--redirect-uri",
+                                  REDIRECT, "--grant-type", "authorization_code",
+                                  "--grant-type", "refresh_token",
+                                  "--scope", "openid profile offline_access")
+
+
+def assert_dpop_code_flow(result: dict, started: dict, provider: Provider, client: dict,
+                          user: dict, public: bool):
+    """What dpop_code_flow.mjs reports, for a client whose refresh tokens are bound (public) or
+    kept to its client authentication (confidential)."""
+    jkt = started["jkt"]
+    assert result["jkt"] == jkt
+    tokens = result["tokens"]
+    # openid-client checked the ID token (state, PKCE, nonce, signature) and that the answer's
+    # token_type is DPoP (it refuses a Bearer answer to a DPoP request)
+    assert_qr_id_token(tokens["claims"], provider, client, user)
+    assert tokens["claims"]["nonce"] == started["nonce"]
+    assert tokens["token_type"] == "dpop"  # openid-client lower-cases it
+    assert access_claims(tokens["access_token"])["cnf"] == {"jkt": jkt}
+    assert tokens["refresh_token"]
+    assert result["userinfo"]["sub"] == user["sub"]
+    # the same token without the key is refused, with a DPoP challenge
+    as_bearer = result["userinfo_as_bearer"]
+    assert (as_bearer["status"], as_bearer["challenge_error"]) == (401, "invalid_token")
+    other = result["userinfo_with_another_key"]
+    assert (other["status"], other["challenge_error"]) == (401, "invalid_token")
+    # refreshed with the handle: bound to the same key again, a new ID token validated
+    refreshed = result["refreshed"]
+    assert refreshed["token_type"] == "dpop"
+    assert access_claims(refreshed["access_token"])["cnf"] == {"jkt": jkt}
+    assert refreshed["refresh_token"] and refreshed["refresh_token"] != tokens["refresh_token"]
+    assert_qr_id_token(refreshed["claims"], provider, client, user)
+    assert result["userinfo_refreshed"]["sub"] == user["sub"]
+    without = result["refresh_without_key"]
+    if public:  # the public client's refresh token is bound to the key: refused without it
+        assert (without["status"], without["error"]) == (400, "invalid_grant")
+    else:  # a confidential client's is kept by its authentication: a Bearer token without it
+        assert without["ok"]["token_type"] == "bearer"
+        assert "cnf" not in access_claims(without["ok"]["access_token"])
+
+
+def test_hosted_qr_login_through_openid_client_code_flow_with_dpop(run, provider, dpop_spa,
+                                                                   alice, alice_phone):
+    rp = run("dpop_code_flow.mjs", provider, dpop_spa, QR_OIDC_REDIRECT_URI=REDIRECT)
+    started = rp.next("authorization_url")
+    landed = drive_hosted_login(provider, started["url"], alice_phone, "approve")
+    rp.send(landed)
+    result = rp.result()
+    assert_dpop_code_flow(result, started, provider, dpop_spa, alice, public=True)
+    # every proof went through the first time: no nonce asked for, none retried
+    assert rp.token_errors() == [None, None, "invalid_grant"]
+    resources = [(e["status"], e["scheme"], e["error"]) for e in rp.events
+                 if e["event"] == "resource_response"
+                 and e["url"] == provider.meta["userinfo_endpoint"]]
+    assert resources == [(200, None, None), (401, "DPoP", "invalid_token"),
+                         (401, "DPoP", "invalid_token"), (200, None, None)]
+
+
+@pytest.fixture(scope="module")
+def nonce_provider(tmp_path_factory):
+    """A provider that asks for its own DPoP nonces (QR_OIDC_DPOP_NONCES)."""
+    server = Provider(tmp_path_factory.mktemp("dpop-nonce-provider"),
+                      {"QR_OIDC_DPOP_NONCES": "true"})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("kind", ["public", "confidential"])
+def test_openid_client_code_flow_with_dpop_retries_the_servers_nonce(run, nonce_provider, kind):
+    provider = nonce_provider
+    name = f"nonce-{kind}"
+    client = provider.create_client(
+        "--name", f"Node DPoP {kind}", *(["--public"] if kind == "public" else []),
+        "--redirect-uri", REDIRECT, "--grant-type", "authorization_code",
+        "--grant-type", "refresh_token", "--scope", "openid profile offline_access")
+    user = provider.create_user(name, name + "-password", name="Nina Nonce")
+    phone = sign_in_phone(provider, phone_app(provider), name, name + "-password")["access_token"]
+
+    rp = run("dpop_code_flow.mjs", provider, client, QR_OIDC_REDIRECT_URI=REDIRECT,
+             QR_OIDC_DPOP_ALG="EdDSA" if kind == "public" else "RS256")
+    started = rp.next("authorization_url")
+    rp.send(drive_hosted_login(provider, started["url"], phone, "approve"))
+    result = rp.result()
+    assert_dpop_code_flow(result, started, provider, client, user, public=kind == "public")
+    # the first proof had no nonce: use_dpop_nonce, and openid-client retried with the one the
+    # server named; later proofs carried it from the start (one handle, one nonce)
+    errors = rp.token_errors()
+    assert errors[:2] == ["use_dpop_nonce", None], errors
+    assert errors[2:] == [None, "invalid_grant" if kind == "public" else None], errors
+    resources = [(e["status"], e["error"]) for e in rp.events if e["event"] == "resource_response"
+                 and e["url"] == provider.meta["userinfo_endpoint"]]
+    # userinfo took the nonce the token endpoint gave; the other key's fresh handle had none: it
+    # was asked for one at userinfo (401 use_dpop_nonce with DPoP-Nonce), retried, and refused
+    assert resources == [(200, None), (401, "invalid_token"), (401, "use_dpop_nonce"),
+                         (401, "invalid_token"), (200, None)], resources
+    assert [e["nonce"] for e in rp.events if e["event"] == "resource_response"
+            and e["error"] == "use_dpop_nonce"] == [True]

@@ -6,7 +6,11 @@
 2. Request bodies (``provider/web/body.py``) through the app itself (its WSGI stack, in-process, on
    SQLite and on PostgreSQL): whatever text, form, JSON or bytes arrive at the JSON endpoints, the
    answer is never a 5xx and every error is JSON with a string ``error``; what body.py promises
-   to refuse (repeated parameters, JSON that is not an object of strings) is refused.
+   to refuse (repeated parameters, JSON that is not an object of strings) is refused. Whatever
+   arrives in a ``DPoP`` header (RFC 9449) at the token endpoint, at ticket creation and, with a
+   DPoP-bound token, at the phone's endpoints and userinfo (random bytes, JWT-shaped junk, JOSE
+   headers and claims of any shape, alg none, HS256, private keys, huge, repeated) is refused with
+   400/401 ``invalid_dpop_proof`` and changes nothing.
 3. The ticket lifecycle (SPEC.md) as a state machine against a real ``qr-oidc serve``: arbitrary
    sequences of ticket creation, scans, approvals and denials by two users, right and wrong
    numbers, status reads, token polls (alone and concurrent) and expiry. Every answer is the one
@@ -28,6 +32,7 @@ from urllib.parse import urlencode
 import jwt
 import pytest
 import requests
+from dpop_client import DPoPKey
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -403,6 +408,201 @@ def test_any_nonce_up_to_512_characters_of_text_makes_a_ticket(app, nonce, scope
     assert response.status_code == 201, (params, response.get_data()[:300])
     created = json.loads(response.get_data())
     assert USER_CODE.match(created["user_code"]) and len(created["ticket"]) >= 43
+
+
+# -- 2b. DPoP headers, through the app ----------------------------------------------------------
+DPOP_KEY = DPoPKey()  # the phone's key, its token bound to it
+PHONE_CLIENT = "bound-phone"
+
+
+@pytest.fixture(scope="module")
+def bound(app) -> dict:
+    """A user, a phone app and an access token (``qr:approve``) bound to DPOP_KEY, minted as the
+    token endpoint would; and a pending ticket of the web client."""
+    from qr_oidc.grants.access_tokens import new_access_token, token_row
+    from qr_oidc.provider.security import hash_password
+    from qr_oidc.provider.storage.models import Client, Token, User
+
+    parts = app.extensions["qr_oidc"]
+    with parts.db.session_factory() as session:
+        session.add(Client(client_id=PHONE_CLIENT, name="Bound phone", public=True,
+                           first_party=True, redirect_uris=["http://127.0.0.1/cb"],
+                           grant_types=["authorization_code"],
+                           scope="openid profile qr:approve"))
+        user = User(sub="bound-user-sub", username="bound-user",
+                    password_hash=hash_password("bound-user-password"), name="Bound User")
+        session.add(user)
+        session.flush()
+        token, pending = new_access_token(parts.settings, parts.keys,
+                                          grant_type="authorization_code",
+                                          client_id=PHONE_CLIENT, sub=user.sub,
+                                          scope="openid profile qr:approve", jkt=DPOP_KEY.jkt)
+        session.add(Token(**token_row(parts.settings, pending, client_id=PHONE_CLIENT,
+                                      user_id=user.id, scope=token["scope"], family_id=None,
+                                      auth_time=None, amr="pwd")))
+        session.commit()
+    created = post(app, "/qr/ticket", b"scope=openid", "application/x-www-form-urlencoded",
+                   basic_header(WEB["client_id"], WEB["client_secret"]))
+    assert created.status_code == 201, created.get_data()
+    ticket = json.loads(created.get_data())
+    return {"token": token["access_token"], "ticket": ticket["ticket"],
+            "scan_code": ticket["qr_content"].rsplit("/", 1)[1],
+            "issuer": parts.settings.issuer}
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jose(header: dict, claims, signature: str) -> str:
+    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}." \
+           f"{signature}"
+
+
+PRIVATE_JWK = DPOP_KEY.key.as_dict(private=True)
+jose_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=3),
+    max_leaves=6)
+proof_header = st.fixed_dictionaries({}, optional={
+    "typ": st.one_of(st.sampled_from(["dpop+jwt", "JWT", "at+jwt", "DPOP+JWT"]), jose_values),
+    "alg": st.one_of(st.sampled_from(["ES256", "RS256", "PS256", "EdDSA", "none", "None",
+                                      "HS256", "ES512", ""]), jose_values),
+    "jwk": st.one_of(st.sampled_from([DPOP_KEY.public(), PRIVATE_JWK,
+                                      {"kty": "oct", "k": "c2VjcmV0"}]), jose_values),
+    "kid": jose_values, "crit": jose_values, "b64": st.booleans(),
+})
+proof_claims = st.one_of(jose_values, st.fixed_dictionaries({}, optional={
+    "htm": st.one_of(st.sampled_from(["POST", "GET", "post"]), jose_values),
+    "htu": st.one_of(st.sampled_from(["http://127.0.0.1:8000/token",
+                                      "http://127.0.0.1:8000/token?x=1",
+                                      "http://127.0.0.1:8000/token#f", "http://[::1/token",
+                                      "http://127.0.0.1:99999/token", "//token", ""]),
+                     jose_values),
+    "iat": st.one_of(st.just(int(time.time())), st.integers(), st.floats(), jose_values),
+    "jti": jose_values, "ath": jose_values, "nonce": jose_values,
+}))
+signatures = st.one_of(st.just(""), st.from_regex(r"\A[A-Za-z0-9_-]{1,120}\Z"))
+header_bytes = st.binary(min_size=1, max_size=600).map(lambda b: b.decode("latin-1"))
+dpop_values = st.one_of(
+    header_bytes,  # random bytes, as a server reads them (latin-1)
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=300),
+    st.from_regex(r"\A[A-Za-z0-9_-]{0,80}\.[A-Za-z0-9_-]{0,300}\.[A-Za-z0-9_-]{0,120}\Z"),
+    st.builds(jose, proof_header, proof_claims, signatures),
+    st.builds(lambda n: "e" * n + ".e30." + "c" * 10, st.integers(8150, 12000)),  # huge
+    st.lists(st.builds(jose, proof_header, proof_claims, signatures), min_size=2,
+             max_size=3).map(", ".join),  # two proofs
+).filter(lambda v: "\r" not in v and "\n" not in v)
+
+
+def send_dpop(app, path: str, data: dict, dpop: str | None, auth: str | None):
+    headers = {"DPoP": dpop} if dpop is not None else {}
+    if auth is not None:
+        headers["Authorization"] = auth
+    with app.test_client() as client:
+        return client.post(path, data=form_bytes(data.items()),
+                           content_type="application/x-www-form-urlencoded", headers=headers)
+
+
+def dpop_rows(app) -> dict:
+    from sqlalchemy import text as sql
+
+    parts = app.extensions["qr_oidc"]
+    with parts.db.session_factory() as session:
+        counts = {table: session.execute(sql(f"SELECT COUNT(*) FROM {table}")).scalar()
+                  for table in ("tickets", "tokens")}
+        counts["live tickets"] = session.execute(sql(
+            "SELECT status, user_id, scanned_at, decided_at, redeemed_at, last_poll_at, "
+            "poll_interval FROM tickets ORDER BY id")).all()
+    return counts
+
+
+DPOP_SETTINGS = settings(max_examples=120, deadline=None, database=None,
+                         suppress_health_check=[HealthCheck.too_slow,
+                                                HealthCheck.function_scoped_fixture,
+                                                HealthCheck.filter_too_much])
+
+
+@DPOP_SETTINGS
+@given(dpop=dpop_values, target=st.sampled_from([
+    ("/token", "qr"), ("/token", "refresh_token"), ("/token", "authorization_code"),
+    ("/token", "device"), ("/qr/ticket", None), ("/device_authorization", None)]),
+    with_jkt=st.booleans())
+@example(dpop="not-a-jwt", target=("/token", "qr"), with_jkt=False)
+@example(dpop=jose({"typ": "dpop+jwt", "alg": "none", "jwk": DPOP_KEY.public()},
+                   {"jti": "abcdefghij", "htm": "POST", "htu": "http://127.0.0.1:8000/token",
+                    "iat": int(time.time())}, ""), target=("/token", "qr"), with_jkt=False)
+@example(dpop="\u00e9\u00ff" * 10, target=("/qr/ticket", None), with_jkt=True)
+def test_any_dpop_header_at_the_token_endpoint_and_ticket_creation_is_refused_changing_nothing(
+        app, bound, dpop, target, with_jkt):
+    path, grant = target
+    if path == "/token":
+        data = {"qr": {"grant_type": QR_GRANT, "ticket": bound["ticket"]},
+                "device": {"grant_type": DEVICE_GRANT, "device_code": bound["ticket"]},
+                "refresh_token": {"grant_type": "refresh_token", "refresh_token": "x" * 43},
+                "authorization_code": {"grant_type": "authorization_code", "code": "x"}}[grant]
+    else:
+        data = {"scope": "openid", **({"dpop_jkt": DPOP_KEY.jkt} if with_jkt else {})}
+    before = dpop_rows(app)
+    response = send_dpop(app, path, data, dpop,
+                         basic_header(WEB["client_id"], WEB["client_secret"]))
+    body = assert_protocol_answer(response, f"{path} {dpop!r}")
+    assert (response.status_code, body and body["error"]) == (400, "invalid_dpop_proof"), \
+        (path, dpop, response.status_code, body)
+    assert "access_token" not in body and response.headers.get("Cache-Control") == "no-store"
+    assert dpop_rows(app) == before  # no ticket made, no poll recorded, no token
+
+
+PHONE_PATHS = ["/qr/scan", "/qr/approve", "/qr/deny", "/qr/inbox", "/userinfo"]
+
+
+@DPOP_SETTINGS
+@given(dpop=dpop_values, path=st.sampled_from(PHONE_PATHS))
+@example(dpop="a.b.c", path="/qr/scan")
+def test_any_dpop_header_beside_a_bound_token_is_refused_with_a_dpop_challenge(app, bound, dpop,
+                                                                              path):
+    before = dpop_rows(app)
+    response = send_dpop(app, path, {"scan_code": bound["scan_code"]}, dpop,
+                         f"DPoP {bound['token']}")
+    body = assert_protocol_answer(response, f"{path} {dpop!r}")
+    assert response.status_code == 401 and body["error"] in ("invalid_dpop_proof",
+                                                             "invalid_token"), \
+        (path, dpop, response.status_code, body)
+    challenge = response.headers.get("WWW-Authenticate", "")
+    assert challenge.startswith(f'DPoP error="{body["error"]}"') and "algs=" in challenge, \
+        challenge
+    assert dpop_rows(app) == before  # the pending ticket is still pending, unscanned
+
+
+@DPOP_SETTINGS
+@given(token=st.one_of(
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=200),
+    st.from_regex(r"\A[A-Za-z0-9_-]{1,60}\.[A-Za-z0-9_-]{1,200}\.[A-Za-z0-9_-]{0,80}\Z")),
+       dpop=st.one_of(st.none(), dpop_values), path=st.sampled_from(PHONE_PATHS))
+def test_a_junk_dpop_token_is_refused_with_a_challenge_and_changes_nothing(app, bound, token,
+                                                                          dpop, path):
+    """``Authorization: DPoP <junk>``, with or without a proof: 401 in the protocol's format."""
+    before = dpop_rows(app)
+    response = send_dpop(app, path, {"scan_code": bound["scan_code"]}, dpop, f"DPoP {token}")
+    body = assert_protocol_answer(response, f"{path} {token!r} {dpop!r}")
+    assert response.status_code == 401 and body["error"] in (
+        "invalid_token", "invalid_dpop_proof"), (path, token, response.status_code, body)
+    assert response.headers.get("WWW-Authenticate", "").startswith(("Bearer ", "DPoP "))
+    assert dpop_rows(app) == before
+
+
+def test_the_bound_token_and_the_pending_ticket_still_work_with_good_proofs(app, bound):
+    """(So that the refusals above were the proofs', and used nothing up.)"""
+    url = bound["issuer"]
+    scanned = send_dpop(app, "/qr/scan", {"scan_code": bound["scan_code"]},
+                        DPOP_KEY.proof("POST", url + "/qr/scan", access_token=bound["token"]),
+                        f"DPoP {bound['token']}")
+    assert scanned.status_code == 200, scanned.get_data()
+    polled = send_dpop(app, "/token", {"grant_type": QR_GRANT, "ticket": bound["ticket"]},
+                       DPOP_KEY.proof("POST", url + "/token"),
+                       basic_header(WEB["client_id"], WEB["client_secret"]))
+    assert json.loads(polled.get_data())["error"] == "authorization_pending", polled.get_data()
 
 
 # -- 3. the ticket lifecycle, as a state machine against a real server -----------------------------
