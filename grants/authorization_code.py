@@ -74,6 +74,7 @@ class SealedCode:
     amr: str
     family_id: str
     expires_at: float
+    sid: str | None = None  # the sign-in it was granted in (the ID token's sid)
 
     @classmethod
     def from_sealed(cls, code: str, value: dict):
@@ -83,7 +84,7 @@ class SealedCode:
                        nonce=value.get("n"), code_challenge=value.get("cc"),
                        code_challenge_method=value.get("cm"), auth_time=float(value["t"]),
                        amr=value.get("a") or "pwd", family_id=value["f"],
-                       expires_at=float(value["x"]))
+                       expires_at=float(value["x"]), sid=value.get("i"))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -156,6 +157,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             "a": getattr(request, "amr", None) or "pwd",
             "f": new_id(),
             "x": now() + self.parts.settings.auth_code_ttl,
+            "i": getattr(request, "sid", None),
         })
 
     def save_authorization_code(self, code, request):

@@ -53,11 +53,12 @@ class _IDTokenMixin:
             nonce=credential.get_nonce() if credential is not None else None,
             auth_time=credential.get_auth_time() if credential is not None else None,
             amr=credential.get_amr() if credential is not None else None,
+            sid=getattr(credential, "sid", None),
         )
 
 
 def id_token(settings, keys, *, client_id: str, alg: str | None, user, scope: str,
-             access_token: str, nonce=None, auth_time=None, amr=None) -> str:
+             access_token: str, nonce=None, auth_time=None, amr=None, sid=None) -> str:
     """The signed ID token for ``user``: shared by every grant and the token core.
     ``alg`` is the client's ``id_token_signed_response_alg`` (None: the server's default)."""
     alg = alg or settings.signing_alg
@@ -75,6 +76,8 @@ def id_token(settings, keys, *, client_id: str, alg: str | None, user, scope: st
         claims["auth_time"] = auth_time
     if amr:
         claims["amr"] = amr
+    if sid:  # Back-Channel Logout 1.0 §2.1: the sign-in this token belongs to
+        claims["sid"] = sid
     at_hash = create_half_hash(access_token, alg)
     if at_hash is not None:
         claims["at_hash"] = at_hash.decode()

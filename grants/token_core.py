@@ -205,9 +205,10 @@ class TokenCore:
                 settings, keys, client_id=client_id, alg=client.id_token_signed_response_alg,
                 user=SimpleNamespace(**ticket), scope=token["scope"],
                 access_token=token["access_token"], nonce=ticket["nonce"], auth_time=auth_time,
-                amr=[amr])
+                amr=[amr], sid=ticket["id"])
         row = token_row(settings, pending, client_id=client_id, user_id=ticket["user_id"],
-                        scope=token["scope"], family_id=None, auth_time=auth_time, amr=amr)
+                        scope=token["scope"], family_id=None, auth_time=auth_time, amr=amr,
+                        sid=ticket["id"])
         try:
             redeemed = self.tickets.redeem_with_token(ticket["id"], row)
         except Exception as exc:  # the database failed: nothing was issued

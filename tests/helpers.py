@@ -578,7 +578,8 @@ def approved_ticket(provider: Provider, client: dict, phone_token: str, **params
     """A ticket that the phone has scanned and approved."""
     ticket = provider.ticket(client, **params)
     code = provider.scan_code(ticket)
-    assert provider.phone("scan", phone_token, scan_code=code).status_code == 200
+    scanned = provider.phone("scan", phone_token, scan_code=code)
+    assert scanned.status_code == 200, scanned.text
     body = {"scan_code": code}
     if "binding_code" in ticket:
         body["binding_code"] = ticket["binding_code"]

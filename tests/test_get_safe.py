@@ -152,6 +152,11 @@ def walk(world: dict, routes: set[str]) -> set[str]:
         "/static/<path:filename>": [("/static/qr-login.js", {}), ("/static/nothing.js", {})],
         "/demo": [("/demo", {})],
         "/phone": [("/phone", {})],
+        "/metrics": [("/metrics", {}), ("/metrics", {"Authorization": "Bearer not-the-token"})],
+        # the end-session page: a signed-in browser stays signed in until it posts the form
+        "/end_session": [("/end_session", {}), ("/end_session?id_token_hint=x.y.z", {}),
+                         ("/end_session?client_id=nobody&post_logout_redirect_uri="
+                          "https://evil.example/", {})],
     }
     called = set()
     for rule in routes:

@@ -44,13 +44,15 @@ NASTY = ["", " ", "ä", "💥", "\u202e", "\u2066", "\u200f", "\x01", "\x7f", "\
 KEYS = ["response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "prompt",
         "max_age", "code_challenge", "code_challenge_method", "response_mode", "request",
         "request_uri", "username", "password", "next", "user_code", "ticket", "decision",
-        "binding_code", "csrf_token", "login_hint", "ui_locales"]
+        "binding_code", "csrf_token", "login_hint", "ui_locales", "id_token_hint",
+        "post_logout_redirect_uri"]
 ROUTES = [("GET", "/authorize"), ("POST", "/authorize"), ("POST", "/authorize/ticket"),
           ("POST", "/authorize/consent"), ("POST", "/authorize/qr"), ("GET", "/login"),
           ("POST", "/login"), ("POST", "/logout"), ("GET", "/device"), ("POST", "/device"),
           ("POST", "/confirm"), ("GET", "/s/{code}"), ("POST", "/s/{code}"), ("GET", "/"),
           ("PUT", "/login"), ("DELETE", "/authorize"), ("PATCH", "/confirm"),
-          ("GET", "/confirm"), ("GET", "/authorize/qr")]
+          ("GET", "/confirm"), ("GET", "/authorize/qr"), ("GET", "/end_session"),
+          ("POST", "/end_session")]
 COUNTED = ("tickets", "tokens", "browser_sessions", "redeemed_codes", "users", "clients")
 
 

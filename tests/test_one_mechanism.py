@@ -44,7 +44,7 @@ def test_every_html_post_without_this_sessions_csrf_token_is_refused_and_changes
         provider, web_client, alice, csrf):
     routes = html_post_routes()
     assert {"/login", "/logout", "/authorize/ticket", "/authorize/consent", "/authorize/qr",
-            "/s/<scan_code>", "/device", "/confirm"} <= set(routes)
+            "/s/<scan_code>", "/device", "/confirm", "/end_session"} <= set(routes)
     browser = requests.Session()
     page = browser.get(provider.url + "/login", timeout=30)
     assert login_form(browser, page, "alice", "alice-password").status_code == 302
@@ -52,7 +52,9 @@ def test_every_html_post_without_this_sessions_csrf_token_is_refused_and_changes
     pending = provider.ticket(web_client)
     values = {"<scan_code>": provider.scan_code(pending)}
     before = counts(provider)
-    for rule in routes:
+    for rule, endpoint in routes.items():
+        if endpoint.startswith("demo."):
+            continue  # (served by qr-oidc demo only: tests/test_browser.py posts to them bare)
         path = rule
         for name, value in values.items():
             path = path.replace(name, value)

@@ -5,11 +5,15 @@
 2. The document is valid OpenAPI 3.1: schemathesis loads and validates it, every schema in it is a
    valid JSON Schema, every ``$ref`` resolves.
 3. Each error code and status SPEC.md names is documented, and a real request that provokes it
-   gets an answer that conforms to the document (status, media type, headers, body).
+   gets an answer that conforms to the document (status, media type, headers, body); DPoP's
+   (RFC 9449) too: bound token responses, resources called with proofs, every refusal of a proof
+   and, on a server of its own with server nonces, ``use_dpop_nonce``.
 4. schemathesis fuzzes a real ``qr-oidc serve`` (its own process, SQLite) with real credentials: a
    confidential client by HTTP Basic (registered for every grant, push login's too, so that a
    generated backchannel authentication request can name a real user) and a phone's Bearer token
-   (whose inbox then has push requests). Generated and malformed requests
+   (whose inbox then has push requests). The operations that take a ``DPoP`` header get generated
+   (junk) proofs in it, and the phone's ``Authorization: DPoP`` junk. Generated and malformed
+   requests
    (coverage, fuzzing and stateful phases, positive and negative data) across every operation:
    never a 5xx, every error JSON with a string ``error``, every response as documented.
 5. Afterwards the database is unharmed: SQLite's integrity and foreign-key checks pass, no ticket
@@ -31,6 +35,8 @@ import pytest
 import requests
 import schemathesis
 import yaml
+from dpop_client import DPoPKey, unsigned
+from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 
 from conftest import phone_app
@@ -39,6 +45,7 @@ from helpers import (
     QR_GRANT,
     Provider,
     approved_ticket,
+    authorize,
     pkce,
     sign_in_phone,
 )
@@ -62,10 +69,19 @@ HTML_ROUTES = {
     "/device",
     "/confirm",
     "/demo",
+    "/end_session",  # RP-Initiated Logout: pages, not JSON (tests/test_logout.py)
+    "/demo/push",  # the demo shop's own backend (qr-oidc demo only), not the provider's API
+    "/demo/push/poll",
     "/phone",
     "/static/<path:filename>",
 }
 HTML_BLUEPRINTS = ("pages.", "demo.")
+# The demo page's own JSON calls (served with DEMO only, for that page and its session): not part of
+# the provider's API, so not in the document either
+DEMO_PREFIX = "/demo/"
+# What operators scrape (provider/web/operations.py: Prometheus' text format behind a token of its
+# own, 404 when off): not the JSON API the document describes
+OPERATOR_ROUTES = {"/metrics": "operations."}
 IMPLICIT_METHODS = {"HEAD", "OPTIONS"}  # Flask answers these for every route by itself
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -95,7 +111,17 @@ SPEC_ERRORS = {
     # OpenID CIBA Core 1.0 §13, at the backchannel authentication endpoint
     "unknown_user_id": 400,
     "invalid_binding_message": 400,
+    # RFC 9449 (DPoP): 400 at the token endpoint and at ticket creation, 401 at a resource
+    "invalid_dpop_proof": None,
+    "use_dpop_nonce": None,  # only with QR_OIDC_DPOP_NONCES (a server of its own, below)
 }
+# the operations that take a DPoP proof (RFC 9449 §4.1), and those that take a DPoP-bound token
+DPOP_OPERATIONS = {("/token", "post"), ("/qr/ticket", "post"), ("/device_authorization", "post"),
+                   ("/userinfo", "get"), ("/userinfo", "post"), ("/qr/scan", "post"),
+                   ("/qr/approve", "post"), ("/qr/deny", "post"), ("/qr/inbox", "post"),
+                   ("/qr/sessions", "post"), ("/qr/sessions/end", "post")}
+DPOP_RESOURCES = {op for op in DPOP_OPERATIONS if op[0] not in
+                  ("/token", "/qr/ticket", "/device_authorization")}
 
 
 # -- the document ----------------------------------------------------------------------------------
@@ -149,6 +175,12 @@ def test_every_json_route_is_described_and_every_described_operation_is_served(t
     for rule in app.url_map.iter_rules():
         if rule.rule in HTML_ROUTES:
             html[rule.rule] = rule.endpoint
+            continue
+        if rule.rule.startswith(DEMO_PREFIX):
+            assert rule.endpoint.startswith("demo."), (rule.rule, rule.endpoint)
+            continue
+        if rule.rule in OPERATOR_ROUTES:
+            assert rule.endpoint.startswith(OPERATOR_ROUTES[rule.rule]), (rule.rule, rule.endpoint)
             continue
         for method in sorted(rule.methods - IMPLICIT_METHODS):
             served.add((flask_to_openapi(rule.rule), method))
@@ -221,6 +253,8 @@ def test_every_error_code_and_status_spec_names_is_documented(document):
         if status is not None:
             assert status in documented[code], (code, status, documented[code])
     assert {400, 403} <= documented["access_denied"]
+    for code in ("invalid_dpop_proof", "use_dpop_nonce"):
+        assert {400, 401} <= documented[code], (code, documented[code])
     # and the generic answers of any path
     for name, _status, code in (("NotFound", 404, "not_found"),
                                 ("MethodNotAllowed", 405, "method_not_allowed"),
@@ -234,6 +268,47 @@ def test_every_error_code_and_status_spec_names_is_documented(document):
     for path in ("/qr/ticket", "/device_authorization", "/qr/scan", "/qr/approve", "/qr/deny",
                  "/backchannel/authenticate"):
         assert "429" in document["paths"][path]["post"]["responses"], path
+
+
+def test_dpop_is_documented_where_the_server_takes_it(document):
+    """The DPoP header on every operation that reads it (and no other), the DPoP scheme beside
+    Bearer at every resource, dpop_jkt at ticket creation, the DPoP-Nonce header with each answer
+    that may carry it, the DPoP challenge."""
+    parameter = document["components"]["parameters"]["DPoP"]
+    assert (parameter["in"], parameter["name"], parameter.get("required", False)) == \
+        ("header", "DPoP", False)
+    scheme = document["components"]["securitySchemes"]["dpopToken"]
+    assert (scheme["type"], scheme["scheme"].lower()) == ("http", "dpop")
+    for path, method, operation in operations(document):
+        refs = {p.get("$ref") for p in operation.get("parameters", [])}
+        takes = "#/components/parameters/DPoP" in refs
+        assert takes == ((path, method.lower()) in DPOP_OPERATIONS), (path, method)
+        schemes = {name for requirement in operation.get("security", []) for name in requirement}
+        if (path, method.lower()) in DPOP_RESOURCES:
+            assert {"bearerToken", "dpopToken"} <= schemes, (path, method)
+            unauthorized = resolve(document, operation["responses"]["401"])
+            assert "DPoP-Nonce" in unauthorized["headers"], path
+            codes = _error_codes(document, unauthorized["content"]["application/json"]["schema"])
+            assert {"invalid_token", "invalid_dpop_proof", "use_dpop_nonce"} <= codes, path
+            challenge = resolve(document, unauthorized["headers"]["WWW-Authenticate"])["schema"]
+            check = jsonschema_rs.Draft202012Validator(challenge)
+            assert check.is_valid('DPoP error="invalid_dpop_proof", error_description="x", '
+                                  'algs="ES256 RS256 PS256 EdDSA Ed25519"')
+            assert check.is_valid('Bearer error="invalid_token", error_description="x"')
+        elif takes:  # the token endpoint and ticket creation: 400 with a nonce
+            refused = resolve(document, operation["responses"]["400"])
+            assert "DPoP-Nonce" in refused["headers"], path
+            codes = _error_codes(document, refused["content"]["application/json"]["schema"])
+            assert {"invalid_dpop_proof", "use_dpop_nonce"} <= codes, path
+        else:
+            assert "dpopToken" not in schemes, (path, method)
+    schemas = document["components"]["schemas"]
+    for name in ("TicketRequest", "DeviceAuthorizationRequest"):
+        assert "dpop_jkt" in schemas[name]["properties"], name
+    assert "dpop_signing_alg_values_supported" in schemas["Discovery"]["required"]
+    assert set(schemas["TokenResponse"]["properties"]["token_type"]["enum"]) == {"Bearer", "DPoP"}
+    active = schemas["Introspection"]["oneOf"][1]["properties"]
+    assert "DPoP" in active["token_type"]["enum"] and "jkt" in active["cnf"]["properties"]
 
 
 def _error_codes(document: dict, schema) -> set[str]:
@@ -297,9 +372,14 @@ def bearer(token: str) -> dict:
 
 
 def expire(server, ticket: str) -> None:
-    """Move a ticket's expiry into the past (what waiting out its TTL would do)."""
+    """Move a ticket's times back until its expiry is past (what waiting out its TTL would
+    do): its whole timeline, so the lifecycle's order in time holds."""
     digest = hashlib.sha256(ticket.encode()).hexdigest()
-    server.db("UPDATE tickets SET expires_at = ? WHERE ticket_hash = ?", time.time() - 1, digest)
+    at = time.time() - 1
+    server.db("UPDATE tickets SET created_at = created_at - (expires_at - ?), "
+              "scanned_at = scanned_at - (expires_at - ?), "
+              "decided_at = decided_at - (expires_at - ?), expires_at = ? "
+              "WHERE ticket_hash = ?", at, at, at, at, digest)
     assert server.db("SELECT COUNT(*) FROM tickets WHERE ticket_hash = ?", digest) == [(1,)]
 
 
@@ -550,6 +630,9 @@ def test_real_answers_for_every_spec_error_and_every_success_conform_to_the_docu
     # push login (CIBA): the backchannel request, the phone's inbox, the token poll
     push_login(c, server, creds)
 
+    # DPoP (RFC 9449): bound tickets and tokens, resources with proofs, refused proofs
+    dpop_exchanges(c, server, creds)
+
     # any path: body too large, unknown paths, other methods
     big = "ticket=" + "a" * (64 * 1024 + 10)
     c.check("/qr/status", "POST", requests.post(url + "/qr/status", data=big, timeout=30, headers={
@@ -558,9 +641,10 @@ def test_real_answers_for_every_spec_error_and_every_success_conform_to_the_docu
     c.check(None, "GET", requests.get(url + "/qr/scan", timeout=30), 405, "method_not_allowed")
     c.check(None, "DELETE", requests.delete(url + "/token", timeout=30), 405, "method_not_allowed")
 
-    # every error code SPEC.md names was seen, with a conforming answer (429 comes next)
+    # every error code SPEC.md names was seen, with a conforming answer (429 and use_dpop_nonce
+    # come next, on servers of their own)
     seen_codes = {error for *_rest, error in c.seen if error}
-    assert set(SPEC_ERRORS) - {"too_many_requests"} <= seen_codes, \
+    assert set(SPEC_ERRORS) - {"too_many_requests", "use_dpop_nonce"} <= seen_codes, \
         set(SPEC_ERRORS) - seen_codes
     assert c.problems == [], "\n".join(c.problems)
 
@@ -696,6 +780,238 @@ def push_login(c: Conformance, server, creds) -> None:
     # bob's pending request is left for the fuzzing (his inbox is not fuzzed; it expires)
 
 
+def dpop_post(url: str, path: str, key: DPoPKey | None = None, proof: str | None = None,
+              data=None, auth=None, headers=None, token: str | None = None,
+              method: str = "POST") -> requests.Response:
+    """A request with a DPoP proof (``key``'s fresh one for this request unless ``proof``), and
+    with ``token`` as ``Authorization: DPoP``."""
+    headers = dict(headers or {})
+    if token is not None:
+        headers["Authorization"] = f"DPoP {token}"
+    if proof is None and key is not None:
+        proof = key.proof(method, url + path, access_token=token)
+    if proof is not None:
+        headers["DPoP"] = proof
+    return requests.request(method, url + path, data=data, auth=auth, headers=headers,
+                            timeout=30)
+
+
+def dpop_phone_token(server, phone: dict, username: str, password: str, key: DPoPKey,
+                     nonce: str | None = None) -> str:
+    """The phone app's access token (``qr:approve``), bound to ``key``."""
+    _session, query, verifier = authorize(server, phone, username, password,
+                                          scope="openid profile qr:approve")
+    answer = dpop_post(server.url, "/token", proof=key.proof("POST", server.url + "/token",
+                                                             nonce=nonce), data={
+        "grant_type": "authorization_code", "code": query["code"],
+        "redirect_uri": phone["redirect_uris"][0], "client_id": phone["client_id"],
+        "code_verifier": verifier})
+    assert answer.status_code == 200 and answer.json()["token_type"] == "DPoP", answer.text
+    return answer.json()["access_token"]
+
+
+def challenge_is_dpop(response: requests.Response, error: str) -> None:
+    challenge = response.headers.get("WWW-Authenticate", "")
+    assert challenge.startswith(f'DPoP error="{error}"'), challenge
+    assert 'algs="ES256 RS256 PS256 EdDSA Ed25519"' in challenge, challenge
+
+
+def dpop_exchanges(c: Conformance, server, creds) -> None:
+    """DPoP: tickets bound by a proof or dpop_jkt, bound token responses, introspection's cnf,
+    userinfo and the phone's endpoints with proofs; each refusal of a proof, in the document's
+    terms."""
+    url = server.url
+    web, alice = creds["web"], creds["alice"]
+    key, other = DPoPKey(), DPoPKey("EdDSA")
+
+    def ticket_with(path="/qr/ticket", **kwargs):
+        return dpop_post(url, path, auth=basic(web), **kwargs)
+
+    def poll(ticket, **kwargs):
+        return dpop_post(url, "/token", data={"grant_type": QR_GRANT, "ticket": ticket},
+                         auth=basic(web), **kwargs)
+
+    # tickets bound to a key: by a proof, by dpop_jkt, by both (agreeing); a device code too
+    bound = c.check("/qr/ticket", "POST", ticket_with(key=key, data={
+        "scope": "openid profile offline_access"}), 201)
+    c.check("/qr/ticket", "POST", ticket_with(data={"dpop_jkt": key.jkt}), 201)
+    c.check("/qr/ticket", "POST", ticket_with(key=key, data={"dpop_jkt": key.jkt}), 201)
+    device = c.check("/device_authorization", "POST", ticket_with(
+        "/device_authorization", key=key, data={"scope": "openid"}), 200)
+    c.check("/device_authorization", "POST", ticket_with(
+        "/device_authorization", data={"dpop_jkt": other.jkt}), 200)
+    # ... and refused: a proof by another key than dpop_jkt names, a malformed proof, a proof for
+    # another URL, a dpop_jkt that is no thumbprint
+    c.check("/qr/ticket", "POST", ticket_with(key=other, data={"dpop_jkt": key.jkt}), 400,
+            "invalid_dpop_proof")
+    c.check("/qr/ticket", "POST", ticket_with(proof="not-a-proof"), 400, "invalid_dpop_proof")
+    c.check("/qr/ticket", "POST", ticket_with(proof=key.proof("POST", url + "/token")), 400,
+            "invalid_dpop_proof")
+    c.check("/qr/ticket", "POST", ticket_with(data={"dpop_jkt": "x" * 42}), 400,
+            "invalid_request")
+    c.check("/device_authorization", "POST", ticket_with(
+        "/device_authorization", proof=unsigned({"typ": "dpop+jwt", "alg": "none",
+                                                 "jwk": key.public()},
+                                                {"jti": "abcdefghij", "htm": "POST",
+                                                 "htu": url + "/device_authorization",
+                                                 "iat": int(time.time())})), 400,
+        "invalid_dpop_proof")
+    c.check("/token", "POST", dpop_post(url, "/token", key, data={
+        "grant_type": DEVICE_GRANT, "device_code": device["device_code"]}, auth=basic(web)), 400,
+        "authorization_pending")
+
+    # the bound ticket's polls: without a proof or by another key refused, by its key pending
+    c.check("/token", "POST", poll(bound["ticket"]), 400, "invalid_dpop_proof")
+    c.check("/token", "POST", poll(bound["ticket"], key=other), 400, "invalid_dpop_proof")
+    c.check("/token", "POST", poll(bound["ticket"], proof=key.proof("POST", url + "/token?x=1")),
+            400, "invalid_dpop_proof")
+    c.check("/token", "POST", poll(bound["ticket"], key=key), 400, "authorization_pending")
+    code = bound["qr_content"].rsplit("/", 1)[1]
+    for action in ("scan", "approve"):
+        c.check(f"/qr/{action}", "POST", requests.post(f"{url}/qr/{action}", timeout=30,
+                                                      data={"scan_code": code},
+                                                      headers=bearer(alice)), 200)
+    c.check("/token", "POST", poll(bound["ticket"], proof="a.b.c"), 400, "invalid_dpop_proof")
+    tokens = c.check("/token", "POST", poll(bound["ticket"], key=key), 200)
+    assert tokens["token_type"] == "DPoP" and "refresh_token" in tokens, tokens
+    access = tokens["access_token"]
+    seen = c.check("/introspect", "POST", requests.post(url + "/introspect", timeout=30,
+                                                        data={"token": access},
+                                                        auth=basic(web)), 200)
+    assert seen["token_type"] == "DPoP" and seen["cnf"] == {"jkt": key.jkt}, seen
+    # the refresh token of a confidential client is not bound; the new tokens are, by the proof
+    renewed = c.check("/token", "POST", dpop_post(url, "/token", key, data={
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        auth=basic(web)), 200)
+    assert renewed["token_type"] == "DPoP", renewed
+
+    # userinfo with the bound token: with a fresh proof by its key, by GET and by POST
+    for method in ("GET", "POST"):
+        claims = c.check("/userinfo", method, dpop_post(url, "/userinfo", key, token=access,
+                                                        method=method), 200)
+        assert claims["sub"], claims
+    refusals = {
+        "as Bearer": ({"headers": bearer(access)}, "invalid_token"),
+        "no proof": ({"token": access}, "invalid_dpop_proof"),
+        "another key's proof": ({"token": access, "key": other}, "invalid_token"),
+        "a proof for another method": ({"token": access, "proof": key.proof(
+            "POST", url + "/userinfo", access_token=access)}, "invalid_dpop_proof"),
+        "a proof without ath": ({"token": access, "proof": key.proof("GET", url + "/userinfo")},
+                                "invalid_dpop_proof"),
+        "a malformed proof": ({"token": access, "proof": "junk"}, "invalid_dpop_proof"),
+    }
+    for what, (kwargs, error) in refusals.items():
+        answer = dpop_post(url, "/userinfo", method="GET", **kwargs)
+        c.check("/userinfo", "GET", answer, 401, error)
+        challenge_is_dpop(answer, error)
+        assert what
+    replayed = key.proof("GET", url + "/userinfo", access_token=access)
+    c.check("/userinfo", "GET", dpop_post(url, "/userinfo", proof=replayed, token=access,
+                                          method="GET"), 200)
+    again = dpop_post(url, "/userinfo", proof=replayed, token=access, method="GET")
+    c.check("/userinfo", "GET", again, 401, "invalid_dpop_proof")
+    challenge_is_dpop(again, "invalid_dpop_proof")
+    # an unbound token sent as DPoP: refused, with a Bearer challenge
+    unbound = dpop_post(url, "/userinfo", key, token=alice, method="GET")
+    c.check("/userinfo", "GET", unbound, 401, "invalid_token")
+    assert unbound.headers["WWW-Authenticate"].startswith("Bearer "), unbound.headers
+
+    # the phone with a bound token: scan, approve, deny, the inbox, each with a proof
+    phone_key = DPoPKey("RS256")
+    phone = dpop_phone_token(server, creds["phone"], "bob", "bob-password", phone_key)
+    for action in ("approve", "deny"):
+        ticket = server.ticket(web)
+        code = ticket["qr_content"].rsplit("/", 1)[1]
+        c.check("/qr/scan", "POST", dpop_post(url, "/qr/scan", phone_key, token=phone,
+                                              data={"scan_code": code}), 200)
+        for kwargs, error in (({"headers": bearer(phone)}, "invalid_token"),
+                              ({}, "invalid_dpop_proof"),
+                              ({"key": other}, "invalid_token"),
+                              ({"proof": phone_key.proof("POST", url + "/qr/scan",
+                                                         access_token=phone)},
+                               "invalid_dpop_proof")):
+            answer = dpop_post(url, f"/qr/{action}", token=None if "headers" in kwargs else phone,
+                               data={"scan_code": code}, **kwargs)
+            c.check(f"/qr/{action}", "POST", answer, 401, error)
+            challenge_is_dpop(answer, error)
+        assert server.status(ticket["ticket"]).json()["status"] == "scanned"  # refusals: no change
+        decided = c.check(f"/qr/{action}", "POST", dpop_post(
+            url, f"/qr/{action}", phone_key, token=phone, data={"scan_code": code}), 200)
+        assert decided["status"] == {"approve": "approved", "deny": "denied"}[action]
+    c.check("/qr/inbox", "POST", dpop_post(url, "/qr/inbox", phone_key, token=phone), 200)
+    c.check("/qr/inbox", "POST", dpop_post(url, "/qr/inbox", token=phone), 401,
+            "invalid_dpop_proof")
+    # the bound web token lacks qr:approve: its proof is good, its scope not
+    c.check("/qr/scan", "POST", dpop_post(url, "/qr/scan", key, token=access,
+                                          data={"scan_code": "x"}), 403, "insufficient_scope")
+
+
+def test_dpop_nonce_answers_conform_to_the_document(tmp_path, document):
+    """``use_dpop_nonce`` with ``DPoP-Nonce`` (RFC 9449 §8, §9), on a server of its own with
+    ``QR_OIDC_DPOP_NONCES`` on: at the token endpoint, at ticket creation, at a resource."""
+    nonced = Provider(tmp_path, {"QR_OIDC_DPOP_NONCES": "true", "QR_OIDC_POLL_INTERVAL": "1"})
+    nonced.start()
+    try:
+        c = Conformance(document)
+        url = nonced.url
+        web = nonced.create_client("--name", "Shop", "--grant-type", QR_GRANT,
+                                   "--grant-type", DEVICE_GRANT)
+        phone = phone_app(nonced)
+        nonced.create_user("carol", "carol-password")
+        key = DPoPKey()
+
+        def asked(answer, status) -> str:
+            c.check(path, "POST" if method != "GET" else "GET", answer, status, "use_dpop_nonce")
+            nonce = answer.headers.get("DPoP-Nonce")
+            assert nonce, answer.headers
+            return nonce
+
+        method = "POST"
+        path = "/qr/ticket"
+        nonce = asked(dpop_post(url, path, key, auth=basic(web)), 400)
+        path = "/device_authorization"
+        assert asked(dpop_post(url, path, key, auth=basic(web)), 400) == nonce
+        path = "/qr/ticket"
+        ticket = c.check(path, "POST", dpop_post(url, path, proof=key.proof(
+            "POST", url + path, nonce=nonce), auth=basic(web)), 201)
+        path = "/token"
+        poll = {"grant_type": QR_GRANT, "ticket": ticket["ticket"]}
+        asked(dpop_post(url, path, key, data=poll, auth=basic(web)), 400)
+        stale = key.proof("POST", url + path, nonce="not-the-nonce")
+        asked(dpop_post(url, path, proof=stale, data=poll, auth=basic(web)), 400)
+        # a bound phone token (its token request carried the nonce) and the web's bound tokens
+        phone_key = DPoPKey("PS256")
+        token = dpop_phone_token(nonced, phone, "carol", "carol-password", phone_key, nonce)
+        code = ticket["qr_content"].rsplit("/", 1)[1]
+        for action in ("scan", "approve"):
+            path = f"/qr/{action}"
+            answer = dpop_post(url, path, token=token, data={"scan_code": code},
+                               proof=phone_key.proof("POST", url + path, access_token=token))
+            asked(answer, 401)
+            challenge_is_dpop(answer, "use_dpop_nonce")
+            c.check(path, "POST", dpop_post(url, path, token=token, data={"scan_code": code},
+                                            proof=phone_key.proof("POST", url + path,
+                                                                  access_token=token,
+                                                                  nonce=nonce)), 200)
+        path = "/qr/inbox"
+        asked(dpop_post(url, path, phone_key, token=token), 401)
+        path = "/token"
+        tokens = c.check(path, "POST", dpop_post(url, path, proof=key.proof(
+            "POST", url + path, nonce=nonce), data=poll, auth=basic(web)), 200)
+        assert tokens["token_type"] == "DPoP", tokens
+        access = tokens["access_token"]
+        method, path = "GET", "/userinfo"
+        answer = dpop_post(url, path, key, token=access, method="GET")
+        asked(answer, 401)
+        challenge_is_dpop(answer, "use_dpop_nonce")
+        c.check(path, "GET", dpop_post(url, path, token=access, method="GET", proof=key.proof(
+            "GET", url + path, access_token=access, nonce=nonce)), 200)
+        assert {error for *_rest, error in c.seen} >= {"use_dpop_nonce"}
+        assert c.problems == [], "\n".join(c.problems)
+    finally:
+        nonced.stop()
+
+
 def test_rate_limited_answers_conform_to_the_document(tmp_path, document):
     """429 with Retry-After, on a server of its own with tight limits."""
     tight = Provider(tmp_path, {"QR_OIDC_RATE_TICKET_CLIENT": "2/86400",
@@ -790,10 +1106,21 @@ def protocol_error_format(ctx, response, case):
     return
 
 
+# ``Authorization: DPoP <token>`` (the dpopToken scheme) as schemathesis makes it when the phone's
+# Bearer token is not what it sends: junk after the scheme, or a JWT-shaped junk token
+schemathesis.openapi.format("_dpop_auth", st.one_of(
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=200),
+    st.from_regex(r"\A[A-Za-z0-9_-]{1,60}\.[A-Za-z0-9_-]{1,200}\.[A-Za-z0-9_-]{0,80}\Z"),
+).map("DPoP {}".format))
+
+
 class FuzzOutcome:
     def __init__(self):
         self.requests = 0
         self.statuses: dict[tuple[str, int], int] = {}
+        # requests that carried a DPoP header / an ``Authorization: DPoP``, by label
+        self.with_proof: dict[str, int] = {}
+        self.dpop_auth: dict[str, int] = {}
         self.failures: list[str] = []
         self.errors: list[str] = []
         self.stop_reason = None
@@ -822,6 +1149,13 @@ def run_schemathesis(schema) -> FuzzOutcome:
                     label = f"stateful {interaction.request.method} {path}"
                 key = (label, interaction.response.status_code)
                 outcome.statuses[key] = outcome.statuses.get(key, 0) + 1
+                headers = {name.lower(): values
+                           for name, values in interaction.request.headers.items()}
+                if headers.get("dpop"):
+                    outcome.with_proof[label] = outcome.with_proof.get(label, 0) + 1
+                if any(str(v).lower().startswith("dpop") for v in headers.get("authorization",
+                                                                              [])):
+                    outcome.dpop_auth[label] = outcome.dpop_auth.get(label, 0) + 1
             for checks in recorder.checks.values():
                 for check in checks:
                     if check.status != Status.FAILURE or check.failure_info is None:
@@ -900,6 +1234,13 @@ def test_schemathesis_sent_thousands_of_requests_that_reached_the_real_code(fuzz
     # and malformed requests were refused
     for label in labels - {"GET /.well-known/openid-configuration", "GET /jwks.json"}:
         assert any(lab == label and 400 <= status < 500 for (lab, status) in fuzzed.statuses), label
+    # generated DPoP proofs (junk) went to every operation that reads one, and they were refused
+    for path, method in DPOP_OPERATIONS:
+        label = f"{method.upper()} {path}"
+        assert fuzzed.with_proof.get(label, 0) >= 10, (label, fuzzed.with_proof)
+    # (whether schemathesis picks the dpopToken scheme over the Bearer credentials it is given
+    # is its own random choice: junk ``Authorization: DPoP`` tokens are fuzzed deterministically
+    # by tests/test_properties.py, test_a_junk_dpop_token_is_refused_...)
     # the stateful phase followed links to real tickets: polled, and scanned by the phone
     assert fuzzed.count("stateful POST /qr/ticket", 201) > 0
     assert fuzzed.count("stateful POST /qr/status", 200) > 0
@@ -915,6 +1256,9 @@ TICKET_STATES = {
     "approved": (("user_id", "scanned_at", "decided_at"), ("redeemed_at",)),
     "denied": (("user_id", "scanned_at", "decided_at"), ("redeemed_at",)),
     "redeemed": (("user_id", "scanned_at", "decided_at", "redeemed_at"), ()),
+    # its time ran out before it was redeemed or denied (the upkeep marks it): from any of the
+    # three waiting states, so nothing more is required of it; it was never redeemed
+    "expired": ((), ("redeemed_at",)),
 }
 
 
@@ -934,10 +1278,12 @@ def assert_database_unharmed(server) -> None:
                             status)
             assert bad == [], f"{len(bad)} {status} tickets with {column}"
     # the lifecycle's order in time, each step before expiry
-    assert server.db("""SELECT id FROM tickets WHERE scanned_at < created_at
-                        OR decided_at < scanned_at OR redeemed_at < decided_at
-                        OR scanned_at >= expires_at OR decided_at >= expires_at
-                        OR redeemed_at >= expires_at""") == []
+    out_of_order = server.db("""SELECT kind, status, created_at, scanned_at, decided_at,
+                                redeemed_at, expires_at FROM tickets WHERE scanned_at < created_at
+                                OR decided_at < scanned_at OR redeemed_at < decided_at
+                                OR scanned_at >= expires_at OR decided_at >= expires_at
+                                OR redeemed_at >= expires_at""")
+    assert out_of_order == [], repr(out_of_order)[:400]
     assert server.db("""SELECT id FROM tickets WHERE poll_interval < 1 OR poll_interval > 60
                         OR kind NOT IN ('qr', 'device', 'authorize', 'push')
                         OR (binding_code IS NOT NULL AND length(binding_code) != 2)""") == []

@@ -454,6 +454,8 @@ def test_an_approved_ticket_gets_the_same_tokens_as_a_form_and_as_json(
         assert refresh_status == "active"
         assert refresh_hash == hashlib.sha256(tokens["refresh_token"].encode()).hexdigest()
         assert int(auth_time) == id_claims["auth_time"] and family
+        assert provider.db("SELECT id FROM tickets WHERE ticket_hash = ?", hashlib.sha256(
+            ticket["ticket"].encode()).hexdigest()) == [(id_claims["sid"],)]
         assert abs(ttl - tokens["expires_in"]) < 1.5  # (iat is whole seconds, issued_at not)
         ticket_hash = hashlib.sha256(ticket["ticket"].encode()).hexdigest()
         assert provider.db("SELECT status FROM tickets WHERE ticket_hash = ?",
@@ -474,7 +476,8 @@ def test_an_approved_ticket_gets_the_same_tokens_as_a_form_and_as_json(
                        {k: v for k, v in access.items() if k not in ("iat", "exp", "jti")}),
             "id": (id_header, sorted(id_claims),
                    {k: v for k, v in id_claims.items()
-                    if k not in ("iat", "exp", "at_hash", "nonce", "auth_time")}),
+                    # (sid: each ticket's approval is a sign-in of its own)
+                    if k not in ("iat", "exp", "at_hash", "nonce", "auth_time", "sid")}),
             "row": (client_id, user_id, grant_type, scope, bool(revoked), amr),
             "refresh_ttl": refresh_ttl,
         })

@@ -23,6 +23,8 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+from qr_oidc.provider.storage.deliveries import FORM_KINDS
+
 log = logging.getLogger("qr_oidc.deliveries")
 
 ROUND = 1.0  # seconds between looks for other instances' notices
@@ -44,7 +46,9 @@ def signature(secret: str, body: bytes) -> str:
 
 def post(delivery: dict, secret: str, timeout: float) -> int | None:
     """POST one notice; the HTTP status, or None when no answer came."""
-    headers = {"Content-Type": "application/json", "User-Agent": "qr-oidc"}
+    form = delivery["kind"] in FORM_KINDS
+    headers = {"Content-Type": "application/x-www-form-urlencoded" if form
+               else "application/json", "User-Agent": "qr-oidc"}
     if delivery["authorization"]:
         headers["Authorization"] = "Bearer " + delivery["authorization"]
     if delivery["kind"] == "push":

@@ -8,7 +8,9 @@ Two kinds go out (provider/runtime/deliveries.py sends them):
   as it was, so it cannot be a digest);
 - ``push``: a notice to the operator's push gateway (``QR_OIDC_PUSH_WEBHOOK``) that a user has a
   new push request, signed with HMAC-SHA256 when sent. It names the user and the request, never
-  a token or a code.
+  a token or a code;
+- ``logout``: a Back-Channel Logout token to a client's ``backchannel_logout_uri`` (a form with
+  ``logout_token``, grants/logout.py).
 
 A notice is written in the transaction of the change it tells of (``add`` with that session),
 so a change that rolls back owes nothing and one that commits is not forgotten when the process
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from urllib.parse import urlencode
 
 from sqlalchemy import delete, func, or_, select, update
 
@@ -32,6 +35,8 @@ from qr_oidc.provider.storage.models import Delivery, now
 log = logging.getLogger("qr_oidc.deliveries")
 
 BACKOFF_MAX = 60.0  # seconds between attempts at most
+# notices sent as a form, not JSON: a Back-Channel Logout 1.0 §2.5 logout token
+FORM_KINDS = frozenset({"logout"})
 
 
 def backoff(attempts: int) -> float:
@@ -62,8 +67,9 @@ class Outbox:
             log.warning("delivery queue full (%d): a %s notice was dropped", waiting, kind)
             return False
         at = now()
+        text = urlencode(body) if kind in FORM_KINDS else json.dumps(body, separators=(",", ":"))
         session.add(Delivery(
-            kind=kind, url=url, body=json.dumps(body, separators=(",", ":")),
+            kind=kind, url=url, body=text,
             authorization=self._sealer.seal({"v": authorization}) if authorization else None,
             attempts=0, created_at=at, next_at=at, expires_at=at + self.ttl))
         self.added.set()

@@ -60,6 +60,10 @@ class Client(Base, ClientMixin):
     backchannel_client_notification_endpoint: Mapped[str | None] = mapped_column(String(2000))
     # every token of this client is DPoP-bound (RFC 9449 §5.2 dpop_bound_access_tokens)
     require_dpop: Mapped[bool] = mapped_column(Boolean, default=False)
+    # logout (grants/logout.py): where RP-Initiated Logout may send the browser back, and where
+    # Back-Channel Logout posts the logout token
+    post_logout_redirect_uris: Mapped[list] = mapped_column(JSON, default=list)
+    backchannel_logout_uri: Mapped[str | None] = mapped_column(String(2000))
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
     @property
@@ -270,6 +274,9 @@ class Token(Base):
     # the DPoP key the access token is bound to (its cnf.jkt); a public client's refresh token
     # is bound to it too (RFC 9449 §5.0)
     dpop_jkt: Mapped[str | None] = mapped_column(String(64))
+    # the sign-in the token descends from (the ID token's sid): a password session's, or the
+    # ticket's id for a QR, device or push approval; ending it revokes the tokens
+    sid: Mapped[str | None] = mapped_column(String(32), index=True)
 
     # Authlib's refresh token grant, and the OpenID extension on a refresh
     def check_client(self, client):
@@ -316,6 +323,9 @@ class BrowserSession(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now)
     expires_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float)
+    # the session's public id: the sid of the ID tokens issued under it (the cookie's secret
+    # stays the browser's)
+    sid: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class Setting(Base):

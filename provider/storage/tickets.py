@@ -65,7 +65,7 @@ TICKET_KINDS = ("qr", "device")
 # the token row issuance writes with the redeem (``grants/access_tokens.token_row``'s keys)
 TOKEN_COLUMNS = ("jti", "client_id", "user_id", "grant_type", "scope", "issued_at", "expires_at",
                  "revoked", "refresh_token_hash", "refresh_expires_at", "refresh_status",
-                 "family_id", "auth_time", "amr", "dpop_jkt")
+                 "family_id", "auth_time", "amr", "dpop_jkt", "sid")
 
 
 # -- the raw statements, as Core expressions -----------------------------------------------------

@@ -261,3 +261,40 @@ def inbox_again(parts, user_id: int, remote_addr: str | None, wait: float,
     if user is None:
         return None
     return Inbox(user_id, parts.tickets.inbox(user, phone_ip=remote_addr), wait, known)
+
+
+# -- the phone's list of sign-ins ------------------------------------------------------------------
+def phone_sessions(parts, authorization: str | None, params: Callable[[], Mapping[str, str]],
+                   proof: Proof | None = None, end: bool = False) -> Answer:
+    """The signed-in user's sign-ins (``qr_sessions_endpoint``), or with ``end`` the one named by
+    ``sid`` ended (``qr_end_session_endpoint``): its tokens revoked, its clients told by
+    back-channel logout (grants/logout.py). The sign-in the app itself uses is marked
+    ``current`` and is not ended here: the app signs out for that."""
+    try:
+        _claims, row, user = authenticate_bearer(parts, authorization,
+                                                 required_scope="qr:approve", proof=proof)
+    except BearerError as exc:
+        return bearer_error(exc)
+    if user is None:
+        return bearer_error(BearerError("invalid_token", 401, "The token names no user."))
+    try:
+        data = params()
+    except OAuth2Error as exc:
+        return oauth_refusal(exc)
+    logouts = parts.logouts
+    if not end:
+        listed = logouts.sessions(user.id)
+        for entry in listed:
+            if entry["sid"] == row.sid:
+                entry["current"] = True
+        return ok({"sessions": listed})
+    sid = data.get("sid")
+    if not sid or len(sid) > 32:
+        return error("invalid_request", 400, "Send the sid of one of your sessions.")
+    if sid == row.sid:
+        return error("invalid_request", 400, "This is the session this app signed in with: "
+                     "sign out of the app to end it.")
+    if not any(entry["sid"] == sid for entry in logouts.sessions(user.id)):
+        return error("unknown_session", 404, "You have no such session (or it has ended).")
+    told = logouts.end(user.id, sid, "ended-on-phone")
+    return ok({"ended": sid, "clients_notified": len(told)})

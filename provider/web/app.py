@@ -17,6 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from qr_oidc.grants import register as register_grants
 from qr_oidc.grants.ciba import PushLogins
 from qr_oidc.grants.dpop import DPoP, Nonces
+from qr_oidc.grants.logout import Logouts
 from qr_oidc.grants.tickets import Tickets
 from qr_oidc.grants.token_core import TokenCore
 from qr_oidc.keys import KeyError_, KeyStore
@@ -42,6 +43,7 @@ from qr_oidc.provider.web import (
     demo,
     discovery,
     headers,
+    logout,
     mobile,
     operations,
     pages,
@@ -57,7 +59,7 @@ GRANT_TYPES = {"authorization_code", "refresh_token", DEVICE_GRANT_TYPE, QR_GRAN
 access_log = logging.getLogger("qr_oidc.access")
 # modules imported for the routes they add to a blueprint defined elsewhere: the api blueprint's
 # families (provider/web/api.py), and the browser confirmation pages of pages.py's blueprint
-ROUTE_MODULES = (discovery, token, tickets, mobile, backchannel, confirm)
+ROUTE_MODULES = (discovery, token, tickets, mobile, backchannel, confirm, logout)
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Parts:
     core: object = None  # the token core of the ticket grants (grants/token_core.py)
     push: object = None  # push login's requests (grants/ciba.py)
     dpop: object = None  # DPoP proof checks (grants/dpop.py)
+    logouts: object = None  # ending sign-ins, back-channel logout (grants/logout.py)
     outbox: object = None  # notices to send: CIBA pings, push gateway (storage/deliveries.py)
 
 
@@ -108,6 +111,7 @@ def create_app(overrides: config.Settings | dict | None = None) -> Flask:
                             outbox=parts.outbox)
     parts.core = TokenCore(settings, keys, parts.tickets)
     parts.push = PushLogins(settings, keys, parts.tickets, database)
+    parts.logouts = Logouts(settings, keys, database, parts.outbox)
     parts.limiter = RateLimiter(database, settings)
     parts.dpop = DPoP(parts.limiter.first_use,
                       Nonces(app.secret_key) if settings.dpop_nonces else None)
@@ -246,6 +250,8 @@ def token_grant() -> str | None:
         grant = request.form.get("grant_type") if request.mimetype != "application/json" \
             else (request.get_json(silent=True) or {}).get("grant_type")
     except Exception:  # (a body the endpoint refused: no grant to name)
+        return None
+    if not isinstance(grant, str):
         return None
     return grant if grant in GRANT_TYPES else "other"
 

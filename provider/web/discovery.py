@@ -34,6 +34,11 @@ def discovery():
         "backchannel_authentication_endpoint": url("/backchannel/authenticate"),
         "backchannel_token_delivery_modes_supported": list(DELIVERY_MODES),
         "backchannel_user_code_parameter_supported": False,
+        "end_session_endpoint": url("/end_session"),
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
+        "qr_sessions_endpoint": url("/qr/sessions"),
+        "qr_end_session_endpoint": url("/qr/sessions/end"),
         "revocation_endpoint": url("/revoke"),
         "introspection_endpoint": url("/introspect"),
         "revocation_endpoint_auth_methods_supported": [
@@ -60,7 +65,7 @@ def discovery():
         "code_challenge_methods_supported": ["S256"],
         "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
         "claims_supported": [
-            "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr", "at_hash",
+            "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr", "at_hash", "sid",
             "name", "preferred_username", "picture", "email", "email_verified",
         ],
         "request_parameter_supported": False,

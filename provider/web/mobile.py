@@ -43,3 +43,16 @@ def inbox():
                           lambda: body_params(request), request.remote_addr,
                           parts().settings.long_poll_max, proof())
     return respond(found if isinstance(found, actions.Answer) else found.answer())
+
+
+@bp.post("/qr/sessions")
+def sessions_list():
+    """The user's sign-ins, to end one from the phone."""
+    return respond(actions.phone_sessions(parts(), request.headers.get("Authorization"),
+                                          lambda: body_params(request), proof()))
+
+
+@bp.post("/qr/sessions/end")
+def sessions_end():
+    return respond(actions.phone_sessions(parts(), request.headers.get("Authorization"),
+                                          lambda: body_params(request), proof(), end=True))

@@ -141,12 +141,14 @@ class Server(AuthorizationServer):
         amr = credential.get_amr()[0] if credential is not None else None
         # a family: every token descended from one grant (a code's family is named in the code)
         family_id = getattr(credential, "family_id", None)
+        sid = getattr(credential, "sid", None)
         if previous is not None:
             auth_time, amr, family_id = previous.auth_time, previous.amr, previous.family_id
+            sid = previous.sid
         row = Token(**token_row(
             self.parts.settings, pending, client_id=request.client.client_id,
             user_id=request.user.id if request.user else None, scope=token.get("scope", ""),
-            family_id=family_id, auth_time=auth_time, amr=amr,
+            family_id=family_id, auth_time=auth_time, amr=amr, sid=sid,
         ))
         self.parts.db.session.add(row)
         return row

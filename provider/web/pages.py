@@ -161,12 +161,6 @@ def _dummy() -> str:
     return _dummy_hash
 
 
-@bp.post("/logout")
-def logout():
-    sessions.end()
-    return redirect(url_for("pages.home"))
-
-
 # -- the authorization endpoint ------------------------------------------------------------------
 @bp.route("/authorize", methods=["GET", "POST"])
 def authorize():
@@ -204,7 +198,8 @@ def authorize():
         session["consent_for"] = [digest(query), int(time.time())]
         return render_template("consent.html", client=client, user=signed_in.user,
                                scopes=(grant.request.scope or "").split(), request_query=query)
-    return _issue_code(grant, signed_in.user, signed_in.record.auth_time, signed_in.record.amr)
+    return _issue_code(grant, signed_in.user, signed_in.record.auth_time, signed_in.record.amr,
+                       signed_in.record.sid)
 
 
 @bp.post("/authorize/consent")
@@ -232,12 +227,14 @@ def authorize_consent():
     allow_form_target(grant.redirect_uri)
     if request.form.get("decision") != "approve":
         return server.create_authorization_response(request=kept, grant_user=None, grant=grant)
-    return _issue_code(grant, signed_in.user, signed_in.record.auth_time, signed_in.record.amr)
+    return _issue_code(grant, signed_in.user, signed_in.record.auth_time, signed_in.record.amr,
+                       signed_in.record.sid)
 
 
-def _issue_code(grant, user, auth_time, amr: str):
-    """Redirect to the client with a code for ``grant``'s request, granted by ``user``."""
-    grant.request.auth_time, grant.request.amr = auth_time, amr
+def _issue_code(grant, user, auth_time, amr: str, sid: str | None):
+    """Redirect to the client with a code for ``grant``'s request, granted by ``user`` in the
+    sign-in ``sid`` (the ID token's ``sid``)."""
+    grant.request.auth_time, grant.request.amr, grant.request.sid = auth_time, amr, sid
     allow_form_target(grant.redirect_uri)
     return parts().server.create_authorization_response(request=grant.request, grant_user=user,
                                                          grant=grant)
@@ -426,7 +423,7 @@ def authorize_qr():
     if status == "denied":
         return p.server.create_authorization_response(request=kept, grant_user=None, grant=grant)
     user = p.db.session.get(User, row.user_id)
-    kept.auth_time, kept.amr = row.decided_at, "qr"
+    kept.auth_time, kept.amr, kept.sid = row.decided_at, "qr", row.id  # (the approval's sid)
     response = p.server.create_authorization_response(request=kept, grant_user=user, grant=grant)
     if not getattr(kept, "code_issued", False):
         return response  # an error the client is told of; the ticket stays as it is

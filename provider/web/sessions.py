@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from flask import current_app, g, session
 from sqlalchemy import delete, update
 
-from qr_oidc.provider.security import digest, new_secret
+from qr_oidc.provider.security import digest, new_id, new_secret
 from qr_oidc.provider.storage.models import BrowserSession, User
 
 SEEN_REFRESH = 60  # at most, seconds between refreshes of the cookie's last-request time
@@ -56,7 +56,8 @@ def start(user_id: int, amr: str, auth_time: float | None = None) -> None:
         _end_record(database.session, previous, at)
     sid = new_secret()
     database.session.add(BrowserSession(
-        id=digest(sid), user_id=user_id, amr=amr, auth_time=auth_time or at, created_at=at,
+        id=digest(sid), sid=new_id(), user_id=user_id, amr=amr, auth_time=auth_time or at,
+        created_at=at,
         expires_at=at + settings.session_lifetime))
     database.session.commit()
     session.clear()
