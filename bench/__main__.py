@@ -18,7 +18,9 @@ Per database, in one run, every server pinned to core 0 and every load generator
 6. long polls (bench/longpoll.py): 10^4 held at once while discovery, ticket creation and a token
    poll are measured, the server's memory and approval-to-page; then the one-ticket flood.
 Rounds interleave the servers, so the machine's noise hits ours and node alike; every figure is
-the median over rounds of the per-round value or ratio.
+the median over rounds of the per-round value or ratio. Steps are numbered on standard error (a
+bar per timed run on a terminal, bench/progress.py); with ``--json`` or ``--charts`` the ratios
+and latencies are also drawn as SVG charts (bench/charts.py, matplotlib: the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import requests
 
 from qr_oidc.provider import settings as provider_config
 
-from . import anchor, approval, data, load, longpoll, report, servers, signing
+from . import anchor, approval, charts, data, load, longpoll, progress, report, servers, signing
 
 QR_GRANT = load.QR_GRANT
 
@@ -81,8 +83,9 @@ def machine() -> dict:
 
 
 class Bench:
-    def __init__(self, args, backend: str):
+    def __init__(self, args, backend: str, steps: progress.Steps | None = None):
         self.args = args
+        self.steps = steps
         self.backend = backend
         self.folder = servers.scratch_folder() / backend
         self.folder.mkdir()
@@ -91,6 +94,19 @@ class Bench:
 
     def log(self, message: str) -> None:
         log(f"[{self.backend}] {message}")
+
+    def step(self, message: str) -> None:
+        """A numbered step ("step n of N") of the whole run."""
+        if self.steps is None:
+            self.log(message)
+        else:
+            self.steps(f"[{self.backend}] {message}")
+
+    @staticmethod
+    def steps_per_database(args) -> int:
+        """What ``run`` counts as steps: prepare, warm-up (full runs), pending poll, issuance,
+        approval-to-page, memory, long polls held, flood."""
+        return 7 if args.quick else 8
 
     # -- set up --------------------------------------------------------------------------------
     def env(self, url: str, port: int, **extra) -> dict:
@@ -128,7 +144,7 @@ class Bench:
         P = a.poll_tickets
         levels = a.levels
         mid = a.large_level
-        self.log(f"preparing databases ({P:,} and {a.large_tickets:,} tickets)")
+        self.step(f"preparing databases ({P:,} and {a.large_tickets:,} tickets)")
         with ThreadPoolExecutor(2) as pool:
             (small, people, small_db), (large, people_l, large_db) = pool.map(
                 self.provider, ["small", "large"])
@@ -176,18 +192,21 @@ class Bench:
 
         def poll(name: str, seconds: int, connections: int) -> dict:
             url, tickets, credentials, grant, param = targets[name]
-            out = load.wrk(url, tickets, credentials, "cycle", seconds, connections,
-                           start=self.cursor[name], grant=grant, param=param)
+            with progress.timed(f"{name} c={connections}", seconds):
+                out = load.wrk(url, tickets, credentials, "cycle", seconds, connections,
+                               start=self.cursor[name], grant=grant, param=param)
             # skip the requests still in flight when wrk stopped: those tickets were just polled
             self.cursor[name] = (self.cursor[name] + out["requests"] + connections) % P
             return out
 
         if not a.quick:
-            self.log("warm-up")
+            self.step("warm-up")
             for name in targets:
                 poll(name, 1, max(levels))
 
         # -- 1, 2: pending poll against node, 10^6 table ----------------------------------------
+        self.step(f"pending poll: {a.rounds} rounds at {', '.join(map(str, levels))} "
+                  f"connections against node, and the {a.large_tickets:,}-ticket table")
         rounds = []
         plan = [(name, c) for c in levels for name in ("small", "node")] + [("large", mid)]
         for r in range(a.rounds):
@@ -214,7 +233,8 @@ class Bench:
         engine = small_db["engine"]
         uid = data.user_id(engine, people["username"])
         top = max(levels)
-        self.log("token issuance: preparing approved tickets (SQL) and device codes (node)")
+        self.step("token issuance: preparing approved tickets (SQL) and device codes (node), "
+                  f"then {a.rounds} rounds")
         if a.quick:
             ours_per_run, node_per_run = 2000, 4000
         else:  # a first run of each tells how many approved tickets a run may use up
@@ -249,13 +269,15 @@ class Bench:
                 order = [(name, c) for c in levels for name in ("node", "ours")]
             for name, c in order:
                 if name == "ours":
-                    runs[f"ours_c{c}"] = load.wrk(small.url, files[r, c], auth, "once", a.seconds,
-                                                  c)
+                    with progress.timed(f"issue ours c={c}", a.seconds):
+                        runs[f"ours_c{c}"] = load.wrk(small.url, files[r, c], auth, "once",
+                                                      a.seconds, c)
                 else:
                     anchor.write_codes(node_issue, node.codes(node_per_run, "approved"))
-                    runs[f"node_c{c}"] = load.wrk(node.url, node_issue, node_auth, "once",
-                                                  a.seconds, c, grant=load.DEVICE_GRANT,
-                                                  param="device_code")
+                    with progress.timed(f"issue node c={c}", a.seconds):
+                        runs[f"node_c{c}"] = load.wrk(node.url, node_issue, node_auth, "once",
+                                                      a.seconds, c, grant=load.DEVICE_GRANT,
+                                                      param="device_code")
                     node.forget()
             with servers.pinned_here(servers.SERVER_CORE):
                 raw = (raw_before + signing.raw_rate(pem, kid, a.sign_seconds / 2)) / 2
@@ -264,7 +286,7 @@ class Bench:
         issuance = summarize_issuance(issue_rounds, levels, ours_per_run, node_per_run)
 
         # -- 4: approval-to-page (idle) ------------------------------------------------------------
-        self.log(f"approval-to-page ({a.rounds} x {a.samples} samples)")
+        self.step(f"approval-to-page ({a.rounds} x {a.samples} samples)")
         token = approval.sign_in_phone(small.url, people["phone"], people["username"],
                                        people["password"])
         tickets = data.insert_tickets(engine, web["client_id"], a.rounds * a.samples)
@@ -275,6 +297,7 @@ class Bench:
         to_page = summarize_approval(approval_rounds)
 
         # -- 5: memory, idle after the load --------------------------------------------------------
+        self.step("memory, idle after the load")
         time.sleep(1.0)
         mem = {"small": [servers.memory(pid) for pid in small.workers()],
                "large": [servers.memory(pid) for pid in large.workers()]}
@@ -302,7 +325,9 @@ class Bench:
             return approval.sign_in_phone(server.url, people["phone"], people["username"],
                                           people["password"])
 
+        self.step(f"{a.long_polls:,} long polls held")
         long_polls = longpoll.held(start_server, engine, web, sign_in, self.folder, a, self.log)
+        self.step(f"the flood: {a.flood:,} connections on one ticket")
         flood = longpoll.flood(start_server, engine, web, self.folder, a, self.log)
 
         engine.dispose()
@@ -460,7 +485,11 @@ def parse(argv=None):
                         help="extra environment for every qr-oidc server (repeatable)")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin servers and load generators to their cores")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here, and "
+                        "the charts next to it (FILE-ratios.svg, FILE-latency.svg)")
+    parser.add_argument("--charts", type=Path, metavar="DIR",
+                        help="write the charts as DIR/bench-ratios.svg and DIR/bench-latency.svg "
+                             "(needs matplotlib: the bench extra)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.rounds = args.rounds or (1 if quick else 5)
@@ -506,6 +535,10 @@ def main(argv=None) -> int:
     # 10^4 held long polls are 10^4 sockets in the server: the servers inherit this limit
     open_files = servers.raise_open_files()
     servers.install_cleanup()
+    chart_paths = charts.paths(args.json, args.charts)
+    if chart_paths and not charts.available():
+        log(f"!! no charts at the end: {charts.INSTALL}; the text report is written all the same")
+    steps = progress.Steps(Bench.steps_per_database(args) * len(backends), log)
     started = time.monotonic()
     results = {
         "machine": {**machine(), "open_files_limit": open_files},
@@ -529,7 +562,7 @@ def main(argv=None) -> int:
             f"({results['machine']['open_files_limit']:,}); connections past it will fail")
     try:
         for backend in backends:
-            results["databases"][backend] = Bench(args, backend).run()
+            results["databases"][backend] = Bench(args, backend, steps).run()
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
@@ -540,6 +573,15 @@ def main(argv=None) -> int:
     print(report.text(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    if chart_paths:
+        try:
+            written = charts.write(results, chart_paths)
+        except charts.Unavailable as exc:
+            log(f"no charts: {exc}")
+        else:
+            log("charts: " + ", ".join(str(p) for p in written))
+    else:
+        log("no charts: give --json FILE (charts next to it) or --charts DIR")
     return 0
 
 

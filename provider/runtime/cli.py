@@ -9,12 +9,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
+import time
 from urllib.parse import urlsplit
 
 import click
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -174,14 +178,49 @@ def db():
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision):
-    """Bring the schema up to this version of qr-oidc (back up the database first)."""
+    """Bring the schema up to this version of qr-oidc (back up the database first).
+
+    The migrations run one after another in one transaction; each is shown on standard error as
+    it starts ("0005 -> 0006 ..."): a progress bar on a terminal, a plain line otherwise.
+    """
     database = _database(_settings(), prepare=False)
+    terminal = sys.stderr.isatty()
+    bar = None
+
+    def step(index, total, before, after, doc):
+        nonlocal bar
+        label = f"{before or 'empty'} -> {after}" + (f" {doc}" if doc else "")
+        if not terminal:
+            click.echo(f"migration {index + 1} of {total}: {label}", err=True)
+            return
+        label = label if len(label) <= 60 else label[:57] + "..."
+        if bar is None:
+            bar = click.progressbar(length=total, label="db upgrade", file=sys.stderr,
+                                    show_pos=True, show_eta=False,
+                                    item_show_func=lambda item: item)
+            bar.__enter__()
+        bar.current_item = label
+        if index:
+            bar.update(1)  # the one before is done
+        else:
+            bar.render_progress()
+
     try:
         before = migrate.current(database.engine)
-        migrate.upgrade(database.engine, revision)
+        done = False
+        try:
+            migrate.upgrade(database.engine, revision, on_step=step)
+            done = True
+        finally:
+            if bar is not None:
+                bar.current_item = "done" if done else "failed"
+                bar.update(1) if done else bar.render_progress()
+                bar.__exit__(None, None, None)
         after = migrate.current(database.engine)
     except SQLAlchemyError as exc:
         raise click.ClickException(f"upgrade failed: {str(exc).splitlines()[0]}") from None
+    except (CommandError, RevisionError) as exc:
+        raise click.ClickException(f"upgrade failed: {exc}") from None
     click.echo(f"schema: {before or 'empty'} -> {after}")
 
 
@@ -264,10 +303,15 @@ AUTH_METHODS = click.Choice(["client_secret_basic", "client_secret_post", "none"
               default=None, help="Push login in ping mode: where the provider pings (https).")
 @click.option("--require-dpop", is_flag=True,
               help="Every token of this client is DPoP-bound (RFC 9449): no proof, no token.")
+@click.option("--post-logout-redirect-uri", "post_logout_uris", multiple=True,
+              help="Where RP-initiated logout may send the browser back (repeatable).")
+@click.option("--backchannel-logout-uri", default=None,
+              help="Where the provider posts logout tokens (Back-Channel Logout 1.0).")
 @click.option("--json", "as_json", is_flag=True, help="Print only the client as JSON.")
 def clients_create(name, public, first_party, number_matching, redirect_uris, grant_types, scope,
                    logo_uri, id_token_alg, auth_method, ticket_rate, delivery_mode,
-                   notification_endpoint, require_dpop, as_json):
+                   notification_endpoint, require_dpop, post_logout_uris, backchannel_logout_uri,
+                   as_json):
     """Register a client; prints its client_id (and client_secret, shown only once)."""
     if not name.strip() or len(name) > 200:
         raise click.BadParameter("must be 1 to 200 characters, not blank", param_hint="--name")
@@ -300,6 +344,10 @@ def clients_create(name, public, first_party, number_matching, redirect_uris, gr
                                  "has one", param_hint="--backchannel-client-notification-endpoint")
     if notification_endpoint:
         _check_notification_endpoint(notification_endpoint)
+    for uri in post_logout_uris:
+        _check_redirect_uri(uri)
+    if backchannel_logout_uri:
+        _check_https(backchannel_logout_uri, "--backchannel-logout-uri")
     settings = _settings()
     database = _database(settings)
     client_id = new_id()
@@ -321,6 +369,8 @@ def clients_create(name, public, first_party, number_matching, redirect_uris, gr
         backchannel_token_delivery_mode=delivery_mode,
         backchannel_client_notification_endpoint=notification_endpoint,
         require_dpop=require_dpop,
+        post_logout_redirect_uris=list(post_logout_uris),
+        backchannel_logout_uri=backchannel_logout_uri,
     )
     with database.session_factory() as session:
         session.add(row)
@@ -330,6 +380,11 @@ def clients_create(name, public, first_party, number_matching, redirect_uris, gr
 
 def _check_notification_endpoint(uri: str) -> None:
     """CIBA §4: an https URL (http only on loopback, for development), without a fragment."""
+    _check_https(uri, "--backchannel-client-notification-endpoint")
+
+
+def _check_https(uri: str, option: str) -> None:
+    """An https URL (http only on loopback, for development), without a fragment."""
     try:
         parts = urlsplit(uri)
         host = parts.hostname or ""
@@ -340,7 +395,7 @@ def _check_notification_endpoint(uri: str) -> None:
     if (parts is None or not host or parts.fragment or len(uri) > 2000
             or not (parts.scheme == "https" or (parts.scheme == "http" and loopback))):
         raise click.BadParameter("must be an https URL (http only on loopback), no fragment",
-                                 param_hint="--backchannel-client-notification-endpoint")
+                                 param_hint=option)
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -416,6 +471,8 @@ def client_json(row: Client) -> dict:
         "token_endpoint_auth_method": row.auth_method,
         "ticket_rate": row.ticket_rate,
         "dpop_bound_access_tokens": bool(row.require_dpop),
+        "post_logout_redirect_uris": list(row.post_logout_redirect_uris or []),
+        "backchannel_logout_uri": row.backchannel_logout_uri,
         **({"backchannel_token_delivery_mode": row.backchannel_token_delivery_mode,
             "backchannel_client_notification_endpoint":
                 row.backchannel_client_notification_endpoint}
@@ -512,16 +569,66 @@ def keys_list(as_json):
               help="Only this algorithm (default: every one).")
 @click.option("--force", is_flag=True,
               help="Rotate even if relying parties may not have fetched the next key yet.")
-def keys_rotate(alg, force):
-    """Make the published next key the signing key now and publish a new next key."""
+@click.option("--wait", is_flag=True,
+              help="If the next key has not been published long enough yet "
+                   "(QR_OIDC_JWKS_MAX_AGE + 2 x QR_OIDC_KEY_REFRESH seconds), wait until it has "
+                   "(a countdown on a terminal; Ctrl-C stops), then rotate. Without it, such a "
+                   "rotation is refused.")
+def keys_rotate(alg, force, wait):
+    """Make the published next key the signing key now and publish a new next key.
+
+    A next key signs only once it has been published longer than a relying party may cache the
+    JWKS; before that this refuses (saying how long is left), or waits with --wait.
+    """
     settings = _settings()
     database = _database(settings)
-    for name in [alg] if alg else ALGORITHMS:
-        try:
-            kid = rotate(database, name, settings.key_passphrase,
-                         min_published=0 if force else min_publication(settings))
-        except NotReady as exc:
-            raise click.ClickException(str(exc)) from None
+    needed = 0 if force else min_publication(settings)
+    terminal = sys.stderr.isatty()
+
+    def left(names) -> float:
+        """Seconds until the newest next key of ``names`` has been published long enough."""
+        with database.session_factory() as session:
+            created = session.scalars(select(SigningKey.created_at).where(
+                SigningKey.alg.in_(names), SigningKey.status == "next")).all()
+        return max((float(c) + needed - time.time() for c in created), default=0.0)
+
+    def wait_for(names) -> None:
+        remaining = left(names)
+        if remaining <= 0:
+            return
+        what = ", ".join(names)
+        until = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + remaining))
+        if not terminal:
+            click.echo(f"waiting {math.ceil(remaining)} s for the next {what} key to be "
+                       f"published long enough (until {until})", err=True)
+            time.sleep(remaining + 0.05)
+            return
+        deadline = time.monotonic() + remaining
+        ticks = max(1, math.ceil(remaining * 10))
+        with click.progressbar(length=ticks, label=f"next {what} key published long enough in",
+                               file=sys.stderr, show_eta=False, show_percent=False,
+                               item_show_func=lambda item: item) as bar:
+            done = 0
+            while (now := time.monotonic()) < deadline:
+                target = min(ticks, ticks - math.ceil((deadline - now) * 10))
+                bar.update(target - done, f"{math.ceil(deadline - now)} s")
+                done = target
+                time.sleep(min(0.1, deadline - now))
+            bar.update(ticks - done, "0 s")
+        time.sleep(0.05)
+
+    names = [alg] if alg else list(ALGORITHMS)
+    if wait and not force:
+        wait_for(names)  # once for all: a rotation publishes a new next key of its algorithm
+    for name in names:
+        while True:
+            try:
+                kid = rotate(database, name, settings.key_passphrase, min_published=needed)
+                break
+            except NotReady as exc:
+                if not wait or force:
+                    raise click.ClickException(str(exc)) from None
+                wait_for([name])  # (a next key made meanwhile, or clocks apart)
         click.echo(f"{name}: {kid or 'rotated meanwhile by another instance'} signs now")
     click.echo(f"running instances sign with the new keys within {settings.key_refresh} s")
 

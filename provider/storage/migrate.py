@@ -64,9 +64,30 @@ def _migrating(engine):
                 conn.commit()
 
 
-def upgrade(engine, revision: str = "head") -> None:
+def _steps(current: str | None, revision: str) -> list[tuple[str | None, str, str]]:
+    """The migrations from ``current`` to ``revision``, in order: (from, to, first doc line)."""
+    script = ScriptDirectory.from_config(_config())
+    out, before = [], current
+    for rev in reversed(list(script.iterate_revisions(revision, current or "base"))):
+        if rev.revision == current:
+            continue
+        doc = (rev.doc or "").strip().splitlines()
+        out.append((before, rev.revision, doc[0] if doc else ""))
+        before = rev.revision
+    return out
+
+
+def upgrade(engine, revision: str = "head", on_step=None) -> None:
+    """Upgrade in one transaction. ``on_step(index, total, before, after, doc)``, if given, is
+    called before each migration (they are applied one at a time, still in that transaction)."""
     with _migrating(engine) as conn:
-        command.upgrade(_config(conn), revision)
+        if on_step is None:
+            command.upgrade(_config(conn), revision)
+            return
+        plan = _steps(MigrationContext.configure(conn).get_current_revision(), revision)
+        for index, (before, after, doc) in enumerate(plan):
+            on_step(index, len(plan), before, after, doc)
+            command.upgrade(_config(conn), after)
 
 
 def downgrade(engine, revision: str) -> None:
