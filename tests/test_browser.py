@@ -319,11 +319,20 @@ def test_demo_qr_scanned_by_pasting_its_content_signs_in_with_a_verified_id_toke
                                      [id_token, demo.url])
     assert other_client == "rejected: not for this client"
 
-    # signing out shows a fresh QR again
+    # signing out goes through the provider's end-session page and back, and the provider's
+    # back-channel logout reaches the demo shop's server for this very sign-in; a fresh QR again
     computer.get_by_role("button", name="Sign out").click()
+    expect(computer.locator("#demo-logout")).to_have_text(
+        "Signed out. The provider's back-channel logout reached the shop's server for this "
+        "sign-in.", timeout=20_000)
+    assert urlsplit(computer.url).path == "/demo"
+    assert parse_qs(urlsplit(computer.url).query)["state"]
     widget_state(computer, "pending")
     again, _ = shown_qr(computer)
     assert again != content
+    # and the sign-in's tokens are revoked
+    access = jwt.decode(tokens[0]["access_token"], options={"verify_signature": False})
+    assert demo_db(demo, "SELECT revoked FROM tokens WHERE jti = ?", access["jti"]) == [(1,)]
 
 
 def test_phone_scans_a_picked_picture_of_the_qr(contexts, demo, tmp_path):

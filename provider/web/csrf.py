@@ -19,7 +19,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from qr_oidc.provider.security import constant_equals, new_secret
 
 HTML_BLUEPRINTS = frozenset({"pages", "demo"})
-EXEMPT = frozenset({"pages.authorize"})  # an authorization request sent as a form (see above)
+# an authorization request sent as a form (see above); the demo shop's back-channel logout
+# endpoint, which the provider's server posts to (it carries a signed logout token, no cookie)
+EXEMPT = frozenset({"pages.authorize", "demo.backchannel_logout"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 

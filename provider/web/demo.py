@@ -62,6 +62,7 @@ def prepare(app) -> dict:
                 redirect_uris=[f"{issuer}/demo"], grant_types=[QR_GRANT_TYPE],
                 scope="openid profile email", logo_uri=f"{issuer}/static/logo.svg",
             ))
+            session.flush()
         phone = session.get(Client, DEMO_PHONE_CLIENT_ID)
         if phone is None:
             session.add(Client(
@@ -82,6 +83,13 @@ def prepare(app) -> dict:
                 grant_types=[CIBA_GRANT_TYPE], scope=PUSH_SCOPE,
                 backchannel_token_delivery_mode="poll", logo_uri=f"{issuer}/static/logo.svg",
             ))
+        # signing out on the demo page: RP-initiated logout back to it, and the back-channel's
+        # logout token to the demo shop's server (also for a demo database made before)
+        for client_id in (DEMO_CLIENT_ID, DEMO_PUSH_CLIENT_ID):
+            shop = session.get(Client, client_id)
+            if shop is not None:
+                shop.post_logout_redirect_uris = [f"{issuer}/demo"]
+                shop.backchannel_logout_uri = f"{issuer}/demo/backchannel-logout"
         session.commit()
     return dict(DEMO_USER)
 
@@ -228,5 +236,65 @@ def push_poll():
     if (claims.get("iss") != parts.settings.issuer or DEMO_PUSH_CLIENT_ID not in audiences
             or not isinstance(exp, (int, float)) or exp <= time.time()):
         return error("invalid_token", 502, "The ID token is not for the demo shop.")
+    # (the ID token too: the page hands it back as id_token_hint when it signs out)
     return json_response({"claims": claims, "alg": decoded.header.get("alg"),
-                          "kid": decoded.header.get("kid")})
+                          "kid": decoded.header.get("kid"), "id_token": tokens["id_token"]})
+
+
+# -- the demo shop's backend: back-channel logout -------------------------------------------------
+class LogoutsHeard:
+    """The sign-ins the provider told the demo shop's server had ended (Back-Channel Logout
+    1.0), by ``sid``; the last ``limit`` kept (the demo runs one process)."""
+
+    def __init__(self, limit: int = 1000):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._heard: dict[str, float] = {}
+
+    def add(self, sid: str) -> None:
+        with self._lock:
+            self._heard[sid] = time.time()
+            while len(self._heard) > self.limit:
+                self._heard.pop(next(iter(self._heard)))
+
+    def heard(self, sid: str) -> bool:
+        with self._lock:
+            return sid in self._heard
+
+
+heard = LogoutsHeard()
+LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+
+
+@bp.post("/demo/backchannel-logout")
+def backchannel_logout():
+    """The demo shop's ``backchannel_logout_uri``: the provider posts a logout token here when a
+    sign-in of the shop ends. It is checked as Back-Channel Logout §2.6 asks (signature against
+    the JWKS, issuer, audience, ``typ``, the event, a ``sid``, no ``nonce``) and remembered."""
+    parts = current_app.extensions["qr_oidc"]
+    token = request.form.get("logout_token")
+    try:
+        decoded = jwt.decode(token or "", parts.keys.public_set(), algorithms=ID_TOKEN_ALGS)
+    except (JoseError, ValueError, TypeError, KeyError):
+        return error("invalid_request", 400, "The logout token did not verify.")
+    claims = decoded.claims
+    audience = claims.get("aud")
+    audiences = audience if isinstance(audience, list) else [audience]
+    events = claims.get("events")
+    sid = claims.get("sid")
+    if (decoded.header.get("typ") != "logout+jwt" or claims.get("iss") != parts.settings.issuer
+            or not {DEMO_CLIENT_ID, DEMO_PUSH_CLIENT_ID} & set(audiences)
+            or not isinstance(events, dict) or LOGOUT_EVENT not in events
+            or "nonce" in claims or not isinstance(sid, str)):
+        return error("invalid_request", 400, "This is not a logout token for the demo shop.")
+    heard.add(sid)
+    log.info("back-channel logout received for a sign-in of the demo shop")
+    return json_response({})
+
+
+@bp.get("/demo/logouts")
+def logouts_heard():
+    """Whether the provider's back-channel told the shop that the sign-in ``sid`` ended (the
+    page asks after signing out; reading changes nothing)."""
+    sid = request.args.get("sid", "")
+    return json_response({"sid_heard": bool(sid) and len(sid) <= 64 and heard.heard(sid)})

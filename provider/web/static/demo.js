@@ -9,6 +9,8 @@
   const dpop = new URLSearchParams(window.location.search).get("dpop") !== "off";
   const AMR = { qr: "QR code, approved on the phone", push: "Push request, approved on the phone" };
   let widget = null;
+  let idToken = null; // the signed-in ID token: the id_token_hint when signing out
+  const SIGNED_OUT = "qr-oidc-demo:signed-out-sid";
 
   // What the widget reported, newest last (handy to follow the callbacks while trying it out).
   function note(callback, text) {
@@ -25,7 +27,8 @@
     return JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
   }
 
-  function signedIn(claims, verified, tokenType) {
+  function signedIn(claims, verified, tokenType, token) {
+    idToken = token || null;
     const name = claims.name || claims.preferred_username || claims.sub;
     const amr = (claims.amr || []).join(", ");
     $("demo-name").textContent = name;
@@ -54,7 +57,7 @@
         signedIn(claims, "signature verified in this page (" + h.alg + ", key " +
           String(h.kid).slice(0, 10) + "…, from /jwks.json); issuer, audience, expiry and nonce checked",
           tokens.token_type === "DPoP" ? "DPoP: bound to this page's key, useless to anyone who copies it"
-            : "Bearer: whoever holds it can use it");
+            : "Bearer: whoever holds it can use it", tokens.id_token);
       },
       onCancel: () => note("onCancel", "the phone cancelled"),
       onExpired: (info) => note("onExpired", "renewal " + (info.renewals + 1)),
@@ -130,7 +133,8 @@
           const c = answer.claims;
           state("idle", "");
           signedIn(c, "checked by the shop's server (" + answer.alg + ", key " +
-            String(answer.kid).slice(0, 10) + "…, from /jwks.json): signature, issuer, audience and expiry");
+            String(answer.kid).slice(0, 10) + "…, from /jwks.json): signature, issuer, audience and expiry",
+            undefined, answer.id_token);
           return;
         }
         if (answer.error === "authorization_pending") continue;
@@ -164,10 +168,48 @@
     };
   })();
 
+  function claimsOf(jwt) {
+    const part = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
+  }
+
+  // Signing out: RP-initiated logout at the provider (its end-session page posts itself and
+  // sends the browser back here), which also tells the demo shop's server by back-channel.
   $("demo-sign-out").addEventListener("click", () => {
-    note("sign out", "tokens forgotten");
-    start();
-    $("demo-login-heading").focus();
+    if (!idToken) { note("sign out", "tokens forgotten"); start(); $("demo-login-heading").focus(); return; }
+    note("sign out", "at the provider, then back here");
+    const sid = claimsOf(idToken).sid;
+    if (sid) sessionStorage.setItem(SIGNED_OUT, sid);
+    const query = new URLSearchParams({ id_token_hint: idToken,
+      post_logout_redirect_uri: issuer.replace(/\/+$/, "") + "/demo",
+      state: Math.random().toString(36).slice(2) });
+    window.location.assign(issuer.replace(/\/+$/, "") + "/end_session?" + query.toString());
   });
+
+  // Back from signing out: did the provider's back-channel reach the shop's server?
+  async function backChannelHeard(sid) {
+    const said = $("demo-logout");
+    said.hidden = false;
+    said.textContent = "Signed out. Waiting to hear it on the shop's back-channel…";
+    for (let tries = 0; tries < 20; tries++) {
+      try {
+        const answer = await fetch(root.dataset.logouts + "?" + new URLSearchParams({ sid }),
+          { credentials: "same-origin" }).then((r) => r.json());
+        if (answer.sid_heard) {
+          said.textContent = "Signed out. The provider's back-channel logout reached the shop's server for this sign-in.";
+          note("back-channel logout", "received by the shop's server");
+          return;
+        }
+      } catch (e) { /* try again */ }
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    said.textContent = "Signed out. The shop's server has not heard the back-channel logout (yet).";
+  }
+
   start();
+  const signedOutSid = sessionStorage.getItem(SIGNED_OUT);
+  if (signedOutSid) {
+    sessionStorage.removeItem(SIGNED_OUT);
+    backChannelHeard(signedOutSid);
+  }
 })();
