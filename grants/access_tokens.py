@@ -180,5 +180,6 @@ def _check_binding(parts, claims: dict, scheme: str, value: str, proof: Proof | 
         raise BearerError(exc.error, 401, exc.description, scheme="DPoP",
                           nonce=exc.nonce) from None
     if jkt != bound:
-        raise BearerError("invalid_token", 401, "The DPoP proof is not by the access token's "
+        # (the token may well be fine: it is the proof that does not show its key)
+        raise BearerError("invalid_dpop_proof", 401, "The DPoP proof is not by the access token's "
                           "key.", scheme="DPoP")

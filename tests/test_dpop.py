@@ -127,8 +127,9 @@ def test_a_bound_ticket_answers_only_polls_by_its_key_and_gives_bound_tokens(
     as_bearer = userinfo(provider, access, scheme="Bearer")
     assert as_bearer.status_code == 401 and as_bearer.json()["error"] == "invalid_token"
     assert as_bearer.headers["WWW-Authenticate"].startswith("DPoP ")
-    stolen = userinfo(provider, access, other)
-    assert stolen.status_code == 401 and stolen.json()["error"] == "invalid_token"
+    stolen = userinfo(provider, access, other)  # a proof signed by another key
+    assert stolen.status_code == 401 and stolen.json()["error"] == "invalid_dpop_proof"
+    assert stolen.headers["WWW-Authenticate"].startswith('DPoP error="invalid_dpop_proof"')
     no_proof = userinfo(provider, access)
     assert no_proof.status_code == 401 and no_proof.json()["error"] == "invalid_dpop_proof"
 

@@ -893,7 +893,7 @@ def dpop_exchanges(c: Conformance, server, creds) -> None:
     refusals = {
         "as Bearer": ({"headers": bearer(access)}, "invalid_token"),
         "no proof": ({"token": access}, "invalid_dpop_proof"),
-        "another key's proof": ({"token": access, "key": other}, "invalid_token"),
+        "another key's proof": ({"token": access, "key": other}, "invalid_dpop_proof"),
         "a proof for another method": ({"token": access, "proof": key.proof(
             "POST", url + "/userinfo", access_token=access)}, "invalid_dpop_proof"),
         "a proof without ath": ({"token": access, "proof": key.proof("GET", url + "/userinfo")},
@@ -926,7 +926,7 @@ def dpop_exchanges(c: Conformance, server, creds) -> None:
                                               data={"scan_code": code}), 200)
         for kwargs, error in (({"headers": bearer(phone)}, "invalid_token"),
                               ({}, "invalid_dpop_proof"),
-                              ({"key": other}, "invalid_token"),
+                              ({"key": other}, "invalid_dpop_proof"),
                               ({"proof": phone_key.proof("POST", url + "/qr/scan",
                                                          access_token=phone)},
                                "invalid_dpop_proof")):

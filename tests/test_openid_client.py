@@ -506,7 +506,7 @@ def assert_dpop_code_flow(result: dict, started: dict, provider: Provider, clien
     as_bearer = result["userinfo_as_bearer"]
     assert (as_bearer["status"], as_bearer["challenge_error"]) == (401, "invalid_token")
     other = result["userinfo_with_another_key"]
-    assert (other["status"], other["challenge_error"]) == (401, "invalid_token")
+    assert (other["status"], other["challenge_error"]) == (401, "invalid_dpop_proof")
     # refreshed with the handle: bound to the same key again, a new ID token validated
     refreshed = result["refreshed"]
     assert refreshed["token_type"] == "dpop"
@@ -536,7 +536,7 @@ def test_hosted_qr_login_through_openid_client_code_flow_with_dpop(run, provider
                  if e["event"] == "resource_response"
                  and e["url"] == provider.meta["userinfo_endpoint"]]
     assert resources == [(200, None, None), (401, "DPoP", "invalid_token"),
-                         (401, "DPoP", "invalid_token"), (200, None, None)]
+                         (401, "DPoP", "invalid_dpop_proof"), (200, None, None)]
 
 
 @pytest.fixture(scope="module")
@@ -576,6 +576,6 @@ def test_openid_client_code_flow_with_dpop_retries_the_servers_nonce(run, nonce_
     # userinfo took the nonce the token endpoint gave; the other key's fresh handle had none: it
     # was asked for one at userinfo (401 use_dpop_nonce with DPoP-Nonce), retried, and refused
     assert resources == [(200, None), (401, "invalid_token"), (401, "use_dpop_nonce"),
-                         (401, "invalid_token"), (200, None)], resources
+                         (401, "invalid_dpop_proof"), (200, None)], resources
     assert [e["nonce"] for e in rp.events if e["event"] == "resource_response"
             and e["error"] == "use_dpop_nonce"] == [True]
