@@ -19,7 +19,7 @@ import pytest
 
 from qr_oidc.provider.storage import migrate
 
-from helpers import BIN, run_cli
+from helpers import BIN, create_pg_database, drop_pg_database, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BAR = re.compile(r"\[#+-*\]")  # click's bar: "[#####-----]"
@@ -31,10 +31,17 @@ SHORT_WAIT = {"QR_OIDC_JWKS_MAX_AGE": "3", "QR_OIDC_KEY_REFRESH": "1"}
 MIN_PUBLISHED = 5
 
 
-@pytest.fixture
-def env(tmp_path):
-    return {**os.environ, "QR_OIDC_DATABASE_URL": f"sqlite:///{tmp_path / 'qr-oidc.db'}",
-            "QR_OIDC_LOG_LEVEL": "warning", **SHORT_WAIT}
+@pytest.fixture(params=["sqlite", "postgresql"])
+def env(request, tmp_path):
+    """A database of its own, SQLite or PostgreSQL (dropped afterwards)."""
+    url = f"sqlite:///{tmp_path / 'qr-oidc.db'}" if request.param == "sqlite" \
+        else create_pg_database()
+    try:
+        yield {**os.environ, "QR_OIDC_DATABASE_URL": url, "QR_OIDC_LOG_LEVEL": "warning",
+               **SHORT_WAIT}
+    finally:
+        if request.param == "postgresql":
+            drop_pg_database(url)
 
 
 def in_terminal(args: list[str], env: dict, timeout: float = 60) -> tuple[int, str]:
