@@ -212,12 +212,12 @@ def test_the_demo_pages_change_nothing(tmp_path):
         page = signed_in.get(demo.url + "/login", timeout=30)
         assert login_form(signed_in, page, "carol", "carol-password").status_code == 302
         before = snapshot(server)
-        for path in ("/demo", "/phone", "/"):
+        for path in ("/demo", "/phone", "/", "/demo/logouts?sid=x", "/demo/logouts"):
             for browser in (requests.Session(), signed_in):
                 assert browser.get(demo.url + path, timeout=30).status_code == 200
         assert snapshot(server) == before
         routes = served_get_routes(demo=True) - served_get_routes()
-        assert routes == {"/demo", "/phone"}
+        assert routes == {"/demo", "/phone", "/demo/logouts"}
     finally:
         demo.stop()
 

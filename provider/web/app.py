@@ -43,6 +43,7 @@ from qr_oidc.provider.web import (
     demo,
     discovery,
     headers,
+    i18n,
     logout,
     mobile,
     operations,
@@ -130,6 +131,7 @@ def create_app(overrides: config.Settings | dict | None = None) -> Flask:
         PERMANENT_SESSION_LIFETIME=settings.session_lifetime,
     )
 
+    i18n.init_app(app)
     parts.server = Server(app, parts)
     register_grants(parts.server, parts)
 
@@ -203,7 +205,8 @@ def _install_error_handlers(app: Flask) -> None:
     def answer(error: str, description: str, status: int):
         if csrf.is_html_route():
             response = app.make_response(
-                (render_template("error.html", error=error, description=description), status))
+                (render_template("error.html", error=error,
+                                 description=i18n.describe(description)), status))
         else:
             response = jsonify(error=error, error_description=description)
             response.status_code = status

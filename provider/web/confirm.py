@@ -15,6 +15,7 @@ from qr_oidc.provider.security import constant_equals, digest
 from qr_oidc.provider.storage.models import Client
 from qr_oidc.provider.storage.ratelimit import TooManyRequests
 from qr_oidc.provider.web.actions import find_by_user_code
+from qr_oidc.provider.web.i18n import N_, describe, keep_language
 from qr_oidc.provider.web.pages import bp, current_user, error_page, parts, too_many_page
 
 
@@ -24,16 +25,18 @@ def scanned_in_browser(scan_code: str):
     opened it): the page asks the signed-in person to continue, and only that POST scans."""
     user = current_user()
     if user is None:
-        return redirect(url_for("pages.login", next=request.path))
+        return redirect(url_for("pages.login", next=url_for(request.endpoint, scan_code=scan_code,
+                                                            **keep_language()),
+                                **keep_language()))
     if request.method == "POST":
         return _confirm_screen(scan_code=scan_code)
     row, _code = parts().tickets.by_code(scan_code, None)
     if row is None:
-        return error_page("unknown_code", "No login is waiting for this code.", 404)
+        return error_page("unknown_code", N_("No login is waiting for this code."), 404)
     status = row.public_status()
     if status not in ("pending", "scanned"):
         return error_page("expired" if status == "expired" else "invalid_state",
-                          "This sign-in request is no longer waiting.",
+                          N_("This sign-in request is no longer waiting."),
                           410 if status == "expired" else 409)
     client = parts().db.session.get(Client, row.client_id)
     return render_template("continue.html", client=client, user=user, scan_code=scan_code)
@@ -43,7 +46,8 @@ def scanned_in_browser(scan_code: str):
 def device():
     user = current_user()
     if user is None:
-        return redirect(url_for("pages.login", next=request.path))
+        return redirect(url_for("pages.login", next=url_for(request.endpoint, **keep_language()),
+                                **keep_language()))
     if request.method == "GET":
         return render_template("device.html", error=None)
     return _confirm_screen(user_code=request.form.get("user_code", ""))
@@ -58,12 +62,13 @@ def _confirm_screen(scan_code: str | None = None, user_code: str | None = None):
         try:
             row, code = find_by_user_code(p, user_code, user, request.remote_addr)
         except TooManyRequests as exc:
-            return too_many_page(exc, "Too many wrong codes. Try again later.")
+            return too_many_page(exc, N_("Too many wrong codes. Try again later."))
     try:
         row = p.tickets.scan(row, user)
     except TicketError as exc:
         if user_code is not None and exc.error == "unknown_code":
-            return render_template("device.html", error="No login is waiting for this code."), 404
+            return render_template("device.html",
+                                   error=describe("No login is waiting for this code.")), 404
         return error_page(exc.error, exc.description, exc.status)
     client = p.db.session.get(Client, row.client_id)
     view = p.tickets.scan_view(row, code, client, phone_ip=request.remote_addr)
@@ -76,11 +81,11 @@ def confirm():
     p = parts()
     user = current_user()
     if user is None:
-        return redirect(url_for("pages.login"))
+        return redirect(url_for("pages.login", **keep_language()))
     code = request.form.get("user_code", "")
     row, _ = p.tickets.by_code(None, code)
     if row is None or not constant_equals(digest(row.id), session.get("confirm_ticket")):
-        return error_page("unknown_code", "No login is waiting for this code.", 404)
+        return error_page("unknown_code", N_("No login is waiting for this code."), 404)
     try:
         if request.form.get("decision") == "approve":
             p.tickets.approve(row, user, request.form.get("binding_code"))

@@ -14,6 +14,7 @@ endpoints), so a cross-site request carries nothing to abuse there.
 from __future__ import annotations
 
 from flask import current_app, render_template, request, session
+from flask_babel import gettext
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from qr_oidc.provider.security import constant_equals, new_secret
@@ -61,4 +62,4 @@ def init_app(app) -> None:
             return None
         return render_template(
             "error.html", error="invalid_request",
-            description="The form expired or did not come from this site; reload it."), 400
+            description=gettext("The form expired or did not come from this site; reload it.")), 400

@@ -21,6 +21,7 @@ import time
 
 from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, current_app, render_template, request, session
+from flask_babel import gettext as _
 from joserfc import jwt
 from joserfc.errors import JoseError
 from sqlalchemy import select
@@ -94,15 +95,103 @@ def prepare(app) -> dict:
     return dict(DEMO_USER)
 
 
+def demo_texts() -> dict:
+    """demo.js's texts in the page's language ({name} marks a value the script puts in)."""
+    return {
+        "amrQr": _("QR code, approved on the phone"),
+        "amrPush": _("Push request, approved on the phone"),
+        "notShared": _("(not shared)"),
+        "keptByServer": _("(kept by the shop's server)"),
+        "verifiedHere": _("signature verified in this page ({alg}, key {kid}…, from /jwks.json); "
+                          "issuer, audience, expiry and nonce checked"),
+        "verifiedByServer": _("checked by the shop's server ({alg}, key {kid}…, from "
+                              "/jwks.json): signature, issuer, audience and expiry"),
+        "dpop": _("DPoP: bound to this page's key, useless to anyone who copies it"),
+        "bearer": _("Bearer: whoever holds it can use it"),
+        "phoneCancelled": _("the phone cancelled"),
+        "renewal": _("renewal {number}"),
+        "unreachable": _("The shop's server could not be reached."),
+        "pageExpired": _("This page expired; reload it."),
+        "serverAnswered": _("The shop's server answered {status}."),
+        "sending": _("Sending the push login…"),
+        "phoneBusy": _("The phone already has requests waiting: decide on them there first, "
+                       "then try again."),
+        "notSent": _("The push login could not be sent: {reason}"),
+        "sent": _("sent, waiting for the phone"),
+        "waiting": _("Waiting for approval on the phone…"),
+        "phoneShows": _("The phone shows: “{message}”"),
+        "approved": _("approved"),
+        "cancelledNote": _("cancelled on the phone"),
+        "cancelled": _("The push login was cancelled on the phone."),
+        "expiredNote": _("expired"),
+        "expired": _("The push login expired before it was approved."),
+        "failed": _("The push login failed: {reason}"),
+        "tokensForgotten": _("tokens forgotten"),
+        "signingOut": _("at the provider, then back here"),
+        "logoutWaiting": _("Signed out. Waiting to hear it on the shop's back-channel…"),
+        "logoutHeard": _("Signed out. The provider's back-channel logout reached the shop's "
+                         "server for this sign-in."),
+        "logoutHeardNote": _("received by the shop's server"),
+        "logoutNotHeard": _("Signed out. The shop's server has not heard the back-channel logout "
+                            "(yet)."),
+    }
+
+
+def phone_texts() -> dict:
+    """phone.js's texts in the page's language ({name} marks a value the script puts in)."""
+    return {
+        "notOurs": _("That is not a QR code of this sign-in service."),
+        "opening": _("Opening the sign-in request…"),
+        "pasteFirst": _("Paste the QR content first, or pick a picture."),
+        "reading": _("Reading the picture…"),
+        "unreadable": _("That file could not be read as a picture."),
+        "noQr": _("No QR code found in that picture. Try a sharper one."),
+        "key": _("This phone's key:"),
+        "keyKept": _("(kept in this browser; the app's token works only with it)"),
+        "keyPageOnly": _("(this page only: the browser keeps no keys here)"),
+        "connecting": _("Connecting the app…"),
+        "sameNetwork": _("Same network as this phone"),
+        "otherNetwork": _("Not on this phone's network"),
+        "firstTime": _("First request from this browser and address"),
+        "declinedOne": _("You declined 1 request in the last 24 hours"),
+        "declinedMany": _("You declined {number} requests in the last 24 hours"),
+        "expired": _("expired"),
+        "expiresIn": _("in {time}"),
+        "unknownService": _("an unknown service"),
+        "signInTo": _("Sign in to {name}?"),
+        "asksFor": _("Asks for"),
+        "from": _("From"),
+        "unknownBrowser": _("Unknown browser"),
+        "unknownAddress": _("unknown address"),
+        "expires": _("Expires"),
+        "pickNumber": _("Pick the number shown on that screen"),
+        "pickNumberFirst": _("Pick the number shown on that screen first."),
+        "cancel": _("Cancel"),
+        "approve": _("Approve"),
+        "theService": _("the service"),
+        "noConnection": _("No connection; try again."),
+        "approvedBy": _("Approved: {name} signs you in."),
+        "cancelledBy": _("Cancelled: {name} was told no."),
+        "didNotWork": _("That did not work."),
+        "empty": _("No requests right now. New ones appear here as they arrive."),
+        "tokenRefused": _("The app could not connect: its token was refused."),
+        "retrying": _("No connection to the sign-in service; retrying…"),
+        "noKey": _("The app could not make its key ({error}); this page needs a browser with "
+                   "WebCrypto, over HTTPS or on localhost."),
+        "notConnected": _("The app could not connect ({error}). Sign out and in again."),
+    }
+
+
 @bp.get("/demo")
 def demo_page():
-    return render_template("demo.html", client_id=DEMO_CLIENT_ID,
+    return render_template("demo.html", client_id=DEMO_CLIENT_ID, demo_texts=demo_texts(),
                            issuer=current_app.extensions["qr_oidc"].settings.issuer)
 
 
 @bp.get("/phone")
 def phone_page():
     return render_template("phone.html", user=current_user(), client_id=DEMO_PHONE_CLIENT_ID,
+                           phone_texts=phone_texts(),
                            issuer=current_app.extensions["qr_oidc"].settings.issuer)
 
 

@@ -14,12 +14,14 @@ honoured (a forged or foreign hint, an unregistered redirect) gets a page, never
 from __future__ import annotations
 
 from flask import redirect, render_template, request, url_for
+from flask_babel import gettext
 from sqlalchemy import select
 
 from qr_oidc.grants.logout import LogoutError
 from qr_oidc.provider.storage.models import User
 from qr_oidc.provider.web import sessions
 from qr_oidc.provider.web.headers import allow_form_target
+from qr_oidc.provider.web.i18n import keep_language
 from qr_oidc.provider.web.pages import bp, error_page, parts
 
 FIELDS = ("id_token_hint", "post_logout_redirect_uri", "state", "client_id", "ui_locales")
@@ -31,10 +33,10 @@ def _request_fields() -> dict:
     for name in FIELDS:
         values = source.getlist(name)
         if len(values) > 1:
-            raise LogoutError(f"'{name}' was sent more than once.")
+            raise LogoutError(gettext("'%(name)s' was sent more than once.", name=name))
         if values and values[0] != "":
             if len(values[0]) > 8192 or not values[0].isprintable():
-                raise LogoutError(f"'{name}' is malformed.")
+                raise LogoutError(gettext("'%(name)s' is malformed.", name=name))
             fields[name] = values[0]
     return fields
 
@@ -74,4 +76,4 @@ def logout():
     if signed_in is not None and signed_in.record.sid:
         parts().logouts.end(signed_in.user.id, signed_in.record.sid, "signed-out")
     sessions.end()
-    return redirect(url_for("pages.home"))
+    return redirect(url_for("pages.home", **keep_language()))

@@ -36,6 +36,7 @@ from authlib.oidc.core.errors import (
 from flask import (
     Blueprint,
     current_app,
+    g,
     jsonify,
     make_response,
     redirect,
@@ -44,6 +45,7 @@ from flask import (
     session,
     url_for,
 )
+from flask_babel import gettext
 from sqlalchemy import select
 
 from qr_oidc.provider.audit import audit, flush_after_commit
@@ -57,6 +59,7 @@ from qr_oidc.provider.storage.models import Client, User
 from qr_oidc.provider.storage.ratelimit import TooManyRequests
 from qr_oidc.provider.web import sessions
 from qr_oidc.provider.web.headers import allow_form_target
+from qr_oidc.provider.web.i18n import N_, describe
 from qr_oidc.provider.web.tickets import qr_content
 
 bp = Blueprint("pages", __name__, template_folder="templates")
@@ -88,10 +91,11 @@ def current_user() -> User | None:
 
 
 def too_many_page(exc: TooManyRequests, message: str):
-    """429 with Retry-After: an HTML page for a browser, the protocol's JSON for anything else."""
+    """429 with Retry-After: an HTML page for a browser (in its language), the protocol's JSON
+    (in English) for anything else."""
     if wants_html():
         response = make_response(render_template("error.html", error="too_many_requests",
-                                                 description=message), 429)
+                                                 description=describe(message)), 429)
     else:
         response = jsonify(error="too_many_requests", error_description=message)
         response.status_code = 429
@@ -104,7 +108,8 @@ def wants_html() -> bool:
 
 
 def error_page(error: str, description: str, status: int):
-    return render_template("error.html", error=error, description=description), status
+    """The error page, its description in the page's language when the catalog has it."""
+    return render_template("error.html", error=error, description=describe(description)), status
 
 
 def safe_next(target: str | None) -> str:
@@ -135,7 +140,7 @@ def login():
                    p.limiter.hit("login_ip", request.remote_addr)]
     except TooManyRequests as exc:
         audit("signin.refused", username=account, reason="rate_limited")
-        return too_many_page(exc, "Too many sign-in attempts. Try again later.")
+        return too_many_page(exc, N_("Too many sign-in attempts. Try again later."))
     found = None
     if username and len(username) <= 150 and "\x00" not in username:
         found = p.db.session.execute(
@@ -144,7 +149,7 @@ def login():
     if not check_password(found.password_hash if found else _dummy(), password) or not found:
         audit("signin.failed", username=account)
         return render_template("login.html", next=next_url,
-                               error="Wrong username or password."), 401
+                               error=gettext("Wrong username or password.")), 401
     for count in counted:
         p.limiter.give_back(count)
     audit("signin", user_id=found.id, amr="pwd")
@@ -263,10 +268,10 @@ def _check_characters(params) -> None:
         if value is not None and not (value.isascii() and value.isprintable()):
             raise InvalidRequestError(f"{key} must be printable ASCII.")
     if not RESPONSE_TYPE.match(params.get("response_type") or ""):
-        raise InvalidRequestError("response_type must be letters, digits, _ and spaces.")
+        raise InvalidRequestError(N_("response_type must be letters, digits, _ and spaces."))
     nonce = params.get("nonce")
     if nonce is not None and not nonce.isprintable():
-        raise InvalidRequestError("nonce must be printable text.")
+        raise InvalidRequestError(N_("nonce must be printable text."))
 
 
 def _check_request(grant) -> None:
@@ -315,15 +320,15 @@ def _query_of(params) -> str:
 
 def _params_of(query) -> dict:
     if not isinstance(query, str) or len(query) > 16384:
-        raise InvalidRequestError("The sign-in request is missing; start again.")
+        raise InvalidRequestError(N_("The sign-in request is missing; start again."))
     try:
         pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
     except (UnicodeDecodeError, ValueError):
-        raise InvalidRequestError("The sign-in request is malformed; start again.") from None
+        raise InvalidRequestError(N_("The sign-in request is malformed; start again.")) from None
     params = {}
     for key, value in pairs:
         if key in params:
-            raise InvalidRequestError("The sign-in request repeats a parameter.")
+            raise InvalidRequestError(N_("The sign-in request repeats a parameter."))
         params[key] = value
     _check_characters(params)
     return params
@@ -369,7 +374,7 @@ def authorize_ticket():
         p.limiter.hit("ticket_client", "hosted page:" + client.client_id,
                       p.limiter.client_limit(client))
     except TooManyRequests as exc:
-        return too_many_page(exc, "Too many QR codes asked for. Try again shortly.")
+        return too_many_page(exc, N_("Too many QR codes asked for. Try again shortly."))
     params = {k: v for k, v in kept.payload.data.items() if k in KEPT_PARAMETERS}
     params["scope"] = grant.request.scope or ""  # what the client may have: what the phone shows
     new = p.tickets.create(
@@ -404,10 +409,12 @@ def authorize_qr():
     not signed in at the provider."""
     p = parts()
     row = p.tickets.by_ticket(request.form.get("ticket", ""))
+    if row is not None and isinstance(row.auth_request, dict):
+        g.ui_locales = row.auth_request.get("ui_locales")  # (the page's language: i18n.py)
     flows = session.get("qr_flows", [])
     if (row is None or row.kind != "authorize" or not isinstance(flows, list)
             or digest(row.id) not in flows or not isinstance(row.auth_request, dict)):
-        return error_page("invalid_request", "This sign-in is not waiting here any more.", 400)
+        return error_page("invalid_request", N_("This sign-in is not waiting here any more."), 400)
     params = row.auth_request
     status = row.public_status()
     if status not in ("approved", "denied"):
@@ -429,7 +436,7 @@ def authorize_qr():
         return response  # an error the client is told of; the ticket stays as it is
     if not p.tickets.redeem(row, time.time()):
         p.db.session.rollback()
-        return error_page("invalid_request", "This sign-in was used already.", 400)
+        return error_page("invalid_request", N_("This sign-in was used already."), 400)
     p.db.session.commit()
     flush_after_commit()  # ticket.redeemed
     audit("code.issued", user_id=row.user_id, client_id=row.client_id, amr="qr", ticket=row.id)

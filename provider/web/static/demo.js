@@ -7,7 +7,17 @@
   const { issuer, clientId, scope } = root.dataset;
   // /demo?dpop=off: the widget without DPoP (Bearer tokens, an unbound ticket), to compare
   const dpop = new URLSearchParams(window.location.search).get("dpop") !== "off";
-  const AMR = { qr: "QR code, approved on the phone", push: "Push request, approved on the phone" };
+  // The texts in the page's language (the server renders them into #demo-texts; English here
+  // if it did not). {name} marks a value put in.
+  const TEXTS = (function () {
+    try { return JSON.parse($("demo-texts").textContent) || {}; } catch (e) { return {}; }
+  })();
+  function t(key, english, values) {
+    return String(TEXTS[key] || english).replace(/\{(\w+)\}/g, (all, name) =>
+      values && values[name] != null ? String(values[name]) : all);
+  }
+  const AMR = { qr: t("amrQr", "QR code, approved on the phone"),
+    push: t("amrPush", "Push request, approved on the phone") };
   let widget = null;
   let idToken = null; // the signed-in ID token: the id_token_hint when signing out
   const SIGNED_OUT = "qr-oidc-demo:signed-out-sid";
@@ -32,10 +42,10 @@
     const name = claims.name || claims.preferred_username || claims.sub;
     const amr = (claims.amr || []).join(", ");
     $("demo-name").textContent = name;
-    $("demo-email").textContent = claims.email || "(not shared)";
+    $("demo-email").textContent = claims.email || t("notShared", "(not shared)");
     $("demo-amr").textContent = AMR[amr] || amr;
     $("demo-verified").textContent = verified;
-    $("demo-token-type").textContent = tokenType || "(kept by the shop's server)";
+    $("demo-token-type").textContent = tokenType || t("keptByServer", "(kept by the shop's server)");
     if (claims.picture) { $("demo-avatar").src = claims.picture; $("demo-avatar").hidden = false; }
     $("demo-signed-out").hidden = true;
     $("demo-signed-in").hidden = false;
@@ -54,13 +64,14 @@
       onSuccess: (tokens, claims) => {
         note("onSuccess", claims.name);
         const h = header(tokens.id_token);
-        signedIn(claims, "signature verified in this page (" + h.alg + ", key " +
-          String(h.kid).slice(0, 10) + "…, from /jwks.json); issuer, audience, expiry and nonce checked",
-          tokens.token_type === "DPoP" ? "DPoP: bound to this page's key, useless to anyone who copies it"
-            : "Bearer: whoever holds it can use it", tokens.id_token);
+        signedIn(claims, t("verifiedHere", "signature verified in this page ({alg}, key {kid}…, " +
+          "from /jwks.json); issuer, audience, expiry and nonce checked",
+        { alg: h.alg, kid: String(h.kid).slice(0, 10) }),
+        tokens.token_type === "DPoP" ? t("dpop", "DPoP: bound to this page's key, useless to anyone who copies it")
+          : t("bearer", "Bearer: whoever holds it can use it"), tokens.id_token);
       },
-      onCancel: () => note("onCancel", "the phone cancelled"),
-      onExpired: (info) => note("onExpired", "renewal " + (info.renewals + 1)),
+      onCancel: () => note("onCancel", t("phoneCancelled", "the phone cancelled")),
+      onExpired: (info) => note("onExpired", t("renewal", "renewal {number}", { number: info.renewals + 1 })),
       onError: (error) => note("onError", error.message),
     });
   }
@@ -92,33 +103,37 @@
         response = await fetch(url, { method: "POST", body, credentials: "same-origin",
           headers: { Accept: "application/json" } });
       } catch (e) {
-        return { offline: true, error: "offline", error_description: "The shop's server could not be reached." };
+        return { offline: true, error: "offline", error_description: t("unreachable", "The shop's server could not be reached.") };
       }
       const type = response.headers.get("Content-Type") || "";
       if (!type.startsWith("application/json")) { // the CSRF check answers with a page
-        return { error: "page_expired", error_description: "This page expired; reload it." };
+        return { error: "page_expired", error_description: t("pageExpired", "This page expired; reload it.") };
       }
       try { return await response.json(); }
-      catch (e) { return { error: "server_error", error_description: "The shop's server answered " + response.status + "." }; }
+      catch (e) {
+        return { error: "server_error",
+          error_description: t("serverAnswered", "The shop's server answered {status}.", { status: response.status }) };
+      }
     }
 
     const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
     async function begin() {
       const mine = ++run;
-      state("sending", "Sending the push login…");
+      state("sending", t("sending", "Sending the push login…"));
       const started = await post(form.action);
       if (mine !== run) return;
       if (!started.handle) {
         note("push", started.error);
         state("failed", started.error === "too_many_requests"
-          ? "The phone already has requests waiting: decide on them there first, then try again."
-          : "The push login could not be sent: " + (started.error_description || started.error));
+          ? t("phoneBusy", "The phone already has requests waiting: decide on them there first, then try again.")
+          : t("notSent", "The push login could not be sent: {reason}",
+            { reason: started.error_description || started.error }));
         return;
       }
-      note("push", "sent, waiting for the phone");
-      state("waiting", "Waiting for approval on the phone…");
-      binding.textContent = "The phone shows: “" + started.binding_message + "”";
+      note("push", t("sent", "sent, waiting for the phone"));
+      state("waiting", t("waiting", "Waiting for approval on the phone…"));
+      binding.textContent = t("phoneShows", "The phone shows: “{message}”", { message: started.binding_message });
       binding.hidden = false;
       let interval = Math.max(1, Number(started.interval) || 5);
       let failures = 0;
@@ -129,24 +144,24 @@
         const answer = await post(form.dataset.poll, { handle: started.handle });
         if (mine !== run) return;
         if (answer.claims) {
-          note("push", "approved");
+          note("push", t("approved", "approved"));
           const c = answer.claims;
           state("idle", "");
-          signedIn(c, "checked by the shop's server (" + answer.alg + ", key " +
-            String(answer.kid).slice(0, 10) + "…, from /jwks.json): signature, issuer, audience and expiry",
-            undefined, answer.id_token);
+          signedIn(c, t("verifiedByServer", "checked by the shop's server ({alg}, key {kid}…, " +
+            "from /jwks.json): signature, issuer, audience and expiry",
+          { alg: answer.alg, kid: String(answer.kid).slice(0, 10) }), undefined, answer.id_token);
           return;
         }
         if (answer.error === "authorization_pending") continue;
         if (answer.error === "slow_down") { interval += 5; continue; }
         if (answer.error === "access_denied") {
-          note("push", "cancelled on the phone");
-          state("denied", "The push login was cancelled on the phone.");
+          note("push", t("cancelledNote", "cancelled on the phone"));
+          state("denied", t("cancelled", "The push login was cancelled on the phone."));
           return;
         }
         if (answer.error === "expired_token") {
-          note("push", "expired");
-          state("expired", "The push login expired before it was approved.");
+          note("push", t("expiredNote", "expired"));
+          state("expired", t("expired", "The push login expired before it was approved."));
           return;
         }
         if ((answer.offline || answer.error === "temporarily_unavailable") && ++failures < 5
@@ -155,7 +170,8 @@
           continue;
         }
         note("push", answer.error);
-        state("failed", "The push login failed: " + (answer.error_description || answer.error));
+        state("failed", t("failed", "The push login failed: {reason}",
+          { reason: answer.error_description || answer.error }));
         return;
       }
     }
@@ -176,11 +192,11 @@
   // Signing out: RP-initiated logout at the provider (its end-session page posts itself and
   // sends the browser back here), which also tells the demo shop's server by back-channel.
   $("demo-sign-out").addEventListener("click", () => {
-    if (!idToken) { note("sign out", "tokens forgotten"); start(); $("demo-login-heading").focus(); return; }
-    note("sign out", "at the provider, then back here");
+    if (!idToken) { note("sign out", t("tokensForgotten", "tokens forgotten")); start(); $("demo-login-heading").focus(); return; }
+    note("sign out", t("signingOut", "at the provider, then back here"));
     const sid = claimsOf(idToken).sid;
     if (sid) sessionStorage.setItem(SIGNED_OUT, sid);
-    const query = new URLSearchParams({ id_token_hint: idToken,
+    const query = new URLSearchParams({ id_token_hint: idToken, ui_locales: document.documentElement.lang,
       post_logout_redirect_uri: issuer.replace(/\/+$/, "") + "/demo",
       state: Math.random().toString(36).slice(2) });
     window.location.assign(issuer.replace(/\/+$/, "") + "/end_session?" + query.toString());
@@ -190,20 +206,21 @@
   async function backChannelHeard(sid) {
     const said = $("demo-logout");
     said.hidden = false;
-    said.textContent = "Signed out. Waiting to hear it on the shop's back-channel…";
+    said.textContent = t("logoutWaiting", "Signed out. Waiting to hear it on the shop's back-channel…");
     for (let tries = 0; tries < 20; tries++) {
       try {
         const answer = await fetch(root.dataset.logouts + "?" + new URLSearchParams({ sid }),
           { credentials: "same-origin" }).then((r) => r.json());
         if (answer.sid_heard) {
-          said.textContent = "Signed out. The provider's back-channel logout reached the shop's server for this sign-in.";
-          note("back-channel logout", "received by the shop's server");
+          said.textContent = t("logoutHeard",
+            "Signed out. The provider's back-channel logout reached the shop's server for this sign-in.");
+          note("back-channel logout", t("logoutHeardNote", "received by the shop's server"));
           return;
         }
       } catch (e) { /* try again */ }
       await new Promise((resolve) => setTimeout(resolve, 500));
     }
-    said.textContent = "Signed out. The shop's server has not heard the back-channel logout (yet).";
+    said.textContent = t("logoutNotHeard", "Signed out. The shop's server has not heard the back-channel logout (yet).");
   }
 
   start();

@@ -8,6 +8,15 @@
   const input = document.getElementById("qr-content");
   const file = document.getElementById("qr-file");
   const message = document.getElementById("phone-message");
+  // The texts in the page's language (the server renders them into #phone-texts; English here
+  // if it did not). {name} marks a value put in.
+  const TEXTS = (function () {
+    try { return JSON.parse(document.getElementById("phone-texts").textContent) || {}; } catch (e) { return {}; }
+  })();
+  function t(key, english, values) {
+    return String(TEXTS[key] || english).replace(/\{(\w+)\}/g, (all, name) =>
+      values && values[name] != null ? String(values[name]) : all);
+  }
 
   function say(text, isError) {
     message.textContent = text;
@@ -27,19 +36,19 @@
   function scan(value) {
     const target = scanTarget(value);
     if (!target) {
-      say("That is not a QR code of this sign-in service.", true);
+      say(t("notOurs", "That is not a QR code of this sign-in service."), true);
       input.setAttribute("aria-invalid", "true");
       input.focus();
       return;
     }
     input.removeAttribute("aria-invalid");
-    say("Opening the sign-in request…");
+    say(t("opening", "Opening the sign-in request…"));
     window.location.assign(target.href);
   }
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
-    if (!input.value.trim()) { say("Paste the QR content first, or pick a picture.", true); input.focus(); return; }
+    if (!input.value.trim()) { say(t("pasteFirst", "Paste the QR content first, or pick a picture."), true); input.focus(); return; }
     scan(input.value);
   });
 
@@ -62,18 +71,18 @@
   file.addEventListener("change", async function () {
     const picked = file.files && file.files[0];
     if (!picked) return;
-    say("Reading the picture…");
+    say(t("reading", "Reading the picture…"));
     let found = null;
     try {
       const image = await pixels(picked);
       found = window.jsQR(image.data, image.width, image.height, { inversionAttempts: "attemptBoth" });
     } catch (e) {
-      say("That file could not be read as a picture.", true);
+      say(t("unreadable", "That file could not be read as a picture."), true);
       return;
     } finally {
       file.value = "";
     }
-    if (!found || !found.data) { say("No QR code found in that picture. Try a sharper one.", true); return; }
+    if (!found || !found.data) { say(t("noQr", "No QR code found in that picture. Try a sharper one."), true); return; }
     input.value = found.data;
     scan(found.data);
   });
@@ -101,6 +110,15 @@
   const result = document.getElementById("inbox-result");
   const list = document.getElementById("inbox-list");
   const keyLine = document.getElementById("phone-key");
+  // The texts in the page's language (the server renders them into #phone-texts; English here
+  // if it did not). {name} marks a value put in.
+  const TEXTS = (function () {
+    try { return JSON.parse(document.getElementById("phone-texts").textContent) || {}; } catch (e) { return {}; }
+  })();
+  function t(key, english, values) {
+    return String(TEXTS[key] || english).replace(/\{(\w+)\}/g, (all, name) =>
+      values && values[name] != null ? String(values[name]) : all);
+  }
   const shown = new Map(); // scan_code -> {entry, item, picked}
   let token = null;
   let key = null; // {privateKey, jwk, jkt, kept, nonce}: the phone's DPoP key
@@ -234,11 +252,11 @@
   }
 
   function showKey() {
-    keyLine.replaceChildren("This phone's key: ");
+    keyLine.replaceChildren(t("key", "This phone's key:") + " ");
     const code = el("code", key.jkt.slice(0, 8));
     code.title = key.jkt;
-    keyLine.append(code, key.kept ? " (kept in this browser; the app's token works only with it)"
-      : " (this page only: the browser keeps no keys here)");
+    keyLine.append(code, " " + (key.kept ? t("keyKept", "(kept in this browser; the app's token works only with it)")
+      : t("keyPageOnly", "(this page only: the browser keeps no keys here)")));
     keyLine.dataset.jkt = key.jkt;
     keyLine.hidden = false;
   }
@@ -253,7 +271,7 @@
       scope: "openid profile qr:approve", state, nonce: random(), prompt: "none",
       code_challenge: challenge, code_challenge_method: "S256",
     });
-    setState("authorizing", "Connecting the app…");
+    setState("authorizing", t("connecting", "Connecting the app…"));
     window.location.assign(issuer + "/authorize?" + query.toString());
   }
 
@@ -300,10 +318,12 @@
   }
 
   function hints(risk) {
-    const items = [risk.same_network ? "Same network as this phone" : "Not on this phone's network"];
-    if (risk.first_time) items.push("First request from this browser and address");
+    const items = [risk.same_network ? t("sameNetwork", "Same network as this phone")
+      : t("otherNetwork", "Not on this phone's network")];
+    if (risk.first_time) items.push(t("firstTime", "First request from this browser and address"));
     const n = Number(risk.recent_denials) || 0;
-    if (n > 0) items.push("You declined " + n + " request" + (n === 1 ? "" : "s") + " in the last 24 hours");
+    if (n === 1) items.push(t("declinedOne", "You declined 1 request in the last 24 hours"));
+    if (n > 1) items.push(t("declinedMany", "You declined {number} requests in the last 24 hours", { number: n }));
     return items;
   }
 
@@ -312,18 +332,19 @@
     const left = Math.min(view.entry.expires_at - view.entry.created_at,
       Math.round((view.entry.expires_at * 1000 - (Date.now() + skew)) / 1000));
     if (left <= 0) {
-      view.expiry.textContent = "expired";
+      view.expiry.textContent = t("expired", "expired");
       view.item.dataset.expired = "true";
       for (const button of view.item.querySelectorAll("button")) button.disabled = true;
       return;
     }
-    view.expiry.textContent = "in " + Math.floor(left / 60) + ":" + String(left % 60).padStart(2, "0");
+    view.expiry.textContent = t("expiresIn", "in {time}",
+      { time: Math.floor(left / 60) + ":" + String(left % 60).padStart(2, "0") });
   }
 
   function render(entry) {
     const item = el("li", null, "push-request");
     item.dataset.scanCode = entry.scan_code;
-    const name = (entry.client && entry.client.name) || "an unknown service";
+    const name = (entry.client && entry.client.name) || t("unknownService", "an unknown service");
     const head = el("div", null, "push-head");
     const logo = entry.client && entry.client.logo_uri;
     if (logo && /^https?:\/\//i.test(logo)) {
@@ -333,19 +354,20 @@
       img.src = logo;
       head.append(img);
     }
-    head.append(el("h3", "Sign in to " + name + "?"));
+    head.append(el("h3", t("signInTo", "Sign in to {name}?", { name })));
     item.append(head);
     if (entry.binding_message) item.append(el("p", "“" + entry.binding_message + "”", "push-binding"));
 
     const details = el("dl");
     const requester = entry.requester || {};
     const rows = [
-      ["Asks for", (entry.scopes || []).join(", ")],
-      ["From", (requester.browser || "Unknown browser") + " · " + (requester.ip || "unknown address")],
+      [t("asksFor", "Asks for"), (entry.scopes || []).join(", ")],
+      [t("from", "From"), (requester.browser || t("unknownBrowser", "Unknown browser")) + " · " +
+        (requester.ip || t("unknownAddress", "unknown address"))],
     ];
     for (const [term, value] of rows) details.append(el("dt", term), el("dd", value));
     const expiry = el("dd", "", "push-expiry");
-    details.append(el("dt", "Expires"), expiry);
+    details.append(el("dt", t("expires", "Expires")), expiry);
     item.append(details);
 
     const risk = el("ul", null, "hint push-risk");
@@ -356,7 +378,7 @@
     if (Array.isArray(entry.binding_choices) && entry.binding_choices.length) {
       const group = el("div", null, "push-numbers");
       group.setAttribute("role", "group");
-      const label = el("p", "Pick the number shown on that screen", "push-numbers-label");
+      const label = el("p", t("pickNumber", "Pick the number shown on that screen"), "push-numbers-label");
       label.id = "pick-" + entry.scan_code.slice(0, 16).replace(/[^A-Za-z0-9_-]/g, "");
       group.setAttribute("aria-labelledby", label.id);
       for (const choice of entry.binding_choices) {
@@ -375,8 +397,8 @@
     }
 
     const actions = el("div", null, "push-actions");
-    const cancel = el("button", "Cancel");
-    const approve = el("button", "Approve");
+    const cancel = el("button", t("cancel", "Cancel"));
+    const approve = el("button", t("approve", "Approve"));
     cancel.type = approve.type = "button";
     cancel.addEventListener("click", () => decide(view, "deny"));
     approve.addEventListener("click", () => decide(view, "approve"));
@@ -392,32 +414,32 @@
   async function decide(view, action) {
     const fields = { scan_code: view.entry.scan_code };
     if (action === "approve" && view.entry.binding_choices) {
-      if (!view.picked) { view.said.textContent = "Pick the number shown on that screen first."; return; }
+      if (!view.picked) { view.said.textContent = t("pickNumberFirst", "Pick the number shown on that screen first."); return; }
       fields.binding_code = view.picked;
     }
     for (const button of view.item.querySelectorAll("button")) button.disabled = true;
-    const name = (view.entry.client && view.entry.client.name) || "the service";
+    const name = (view.entry.client && view.entry.client.name) || t("theService", "the service");
     let answer;
     try {
       answer = await call("/qr/" + action, fields);
     } catch (e) {
-      answer = { ok: false, body: { error_description: "No connection; try again." } };
+      answer = { ok: false, body: { error_description: t("noConnection", "No connection; try again.") } };
     }
     if (answer.ok) {
       shown.delete(view.entry.scan_code);
       view.item.remove();
-      result.textContent = action === "approve" ? "Approved: " + name + " signs you in."
-        : "Cancelled: " + name + " was told no.";
+      result.textContent = action === "approve" ? t("approvedBy", "Approved: {name} signs you in.", { name })
+        : t("cancelledBy", "Cancelled: {name} was told no.", { name });
       showEmpty();
       return;
     }
-    view.said.textContent = answer.body.error_description || answer.body.error || "That did not work.";
+    view.said.textContent = answer.body.error_description || answer.body.error || t("didNotWork", "That did not work.");
     view.said.classList.add("error");
     for (const button of view.item.querySelectorAll("button")) button.disabled = false;
   }
 
   function showEmpty() {
-    setState("ready", shown.size ? "" : "No requests right now. New ones appear here as they arrive.");
+    setState("ready", shown.size ? "" : t("empty", "No requests right now. New ones appear here as they arrive."));
   }
 
   function update(entries) {
@@ -452,14 +474,14 @@
       if (answer && answer.status === 401) {
         keep("token", null);
         const saved = read("fresh");
-        if (saved && Date.now() - saved < 30000) { setState("failed", "The app could not connect: its token was refused."); return; }
+        if (saved && Date.now() - saved < 30000) { setState("failed", t("tokenRefused", "The app could not connect: its token was refused.")); return; }
         keep("fresh", Date.now());
         await authorize();
         return;
       }
       if (!answer || !answer.ok || !Array.isArray(answer.body.requests)) {
         failures += 1;
-        if (box.dataset.state !== "ready") setState("retrying", "No connection to the sign-in service; retrying…");
+        if (box.dataset.state !== "ready") setState("retrying", t("retrying", "No connection to the sign-in service; retrying…"));
         await sleep(Math.min(30000, 1000 * 2 ** Math.min(failures, 5)));
         continue;
       }
@@ -480,14 +502,15 @@
       key = await phoneKey();
       showKey();
     } catch (e) {
-      setState("failed", "The app could not make its key (" + e.message + "); this page needs a " +
-        "browser with WebCrypto, over HTTPS or on localhost.");
+      setState("failed", t("noKey", "The app could not make its key ({error}); this page needs a " +
+        "browser with WebCrypto, over HTTPS or on localhost.", { error: e.message }));
       return;
     }
     try {
       token = await obtain();
     } catch (e) {
-      setState("failed", "The app could not connect (" + e.message + "). Sign out and in again.");
+      setState("failed", t("notConnected", "The app could not connect ({error}). Sign out and in again.",
+        { error: e.message }));
       return;
     }
     if (token) listen();

@@ -37,25 +37,150 @@
   var scriptIssuer = scriptSrc.replace(/\/static\/qr-login\.js(?:[?#].*)?$/, "");
   var stylesheet = scriptSrc ? scriptSrc.replace(/qr-login\.js(?:[?#].*)?$/, "qr-login.css") : "";
 
-  var TEXTS = {
-    loading: "Preparing a QR code…",
-    pending: "Scan the QR code with the app to log in.",
-    scanned: "{name} scanned the code. Confirm on the phone.",
-    approved: "Approved on the phone. Signing you in…",
-    success: "Signed in.",
-    denied: "Cancelled on the phone.",
-    renewing: "The QR code expired. Here is a new one.",
-    expired: "The QR code expired.",
-    offline: "Connection lost. Trying again…",
-    error: "Something went wrong: {error}.",
-    busy: "Too many attempts. Trying again in {seconds} s…",
-    alt: "QR code to log in: scan it with the app, or enter the code {code} in the app.",
-    code: "No camera? Enter the code {code} in the app.",
-    binding: "When the app asks, pick {number}",
-    bindingScanned: "On the phone, pick {number}",
-    renew: "Show a new QR code",
-    validFor: "Valid for {time}",
+  // The widget's texts in each language it speaks ({name} marks a value put in). The `locale`
+  // option picks one (a BCP 47 tag: "de", "fr-CH", "zh-CN"); by default the page's <html lang>,
+  // then the browser's languages, then English. `texts` overrides single texts.
+  var LOCALES = {
+    en: {
+      loading: "Preparing a QR code…",
+      pending: "Scan the QR code with the app to log in.",
+      scanned: "{name} scanned the code. Confirm on the phone.",
+      someone: "Someone",
+      approved: "Approved on the phone. Signing you in…",
+      success: "Signed in.",
+      denied: "Cancelled on the phone.",
+      renewing: "The QR code expired. Here is a new one.",
+      expired: "The QR code expired.",
+      offline: "Connection lost. Trying again…",
+      error: "Something went wrong: {error}.",
+      busy: "Too many attempts. Trying again in {seconds} s…",
+      alt: "QR code to log in: scan it with the app, or enter the code {code} in the app.",
+      code: "No camera? Enter the code {code} in the app.",
+      binding: "When the app asks, pick {number}",
+      bindingScanned: "On the phone, pick {number}",
+      renew: "Show a new QR code",
+      validFor: "Valid for {time}",
+    },
+    zh: {
+      loading: "正在生成二维码…",
+      pending: "请用应用扫描二维码登录。",
+      scanned: "{name} 已扫码，请在手机上确认。",
+      someone: "有人",
+      approved: "已在手机上批准，正在登录…",
+      success: "已登录。",
+      denied: "已在手机上取消。",
+      renewing: "二维码已过期，这是新的二维码。",
+      expired: "二维码已过期。",
+      offline: "连接中断，正在重试…",
+      error: "出现问题：{error}。",
+      busy: "尝试次数过多，{seconds} 秒后重试…",
+      alt: "登录二维码：请用应用扫描，或在应用中输入代码 {code}。",
+      code: "没有相机？请在应用中输入代码 {code}。",
+      binding: "应用询问时，请选择 {number}",
+      bindingScanned: "请在手机上选择 {number}",
+      renew: "显示新的二维码",
+      validFor: "有效期 {time}",
+    },
+    de: {
+      loading: "QR-Code wird vorbereitet…",
+      pending: "Scannen Sie den QR-Code mit der App, um sich anzumelden.",
+      scanned: "{name} hat den Code gescannt. Bitte auf dem Handy bestätigen.",
+      someone: "Jemand",
+      approved: "Auf dem Handy bestätigt. Sie werden angemeldet…",
+      success: "Angemeldet.",
+      denied: "Auf dem Handy abgebrochen.",
+      renewing: "Der QR-Code ist abgelaufen. Hier ist ein neuer.",
+      expired: "Der QR-Code ist abgelaufen.",
+      offline: "Verbindung unterbrochen. Neuer Versuch…",
+      error: "Etwas ist schiefgelaufen: {error}.",
+      busy: "Zu viele Versuche. Neuer Versuch in {seconds} s…",
+      alt: "QR-Code zur Anmeldung: mit der App scannen oder den Code {code} in der App eingeben.",
+      code: "Keine Kamera? Geben Sie den Code {code} in der App ein.",
+      binding: "Wenn die App fragt, wählen Sie {number}",
+      bindingScanned: "Wählen Sie auf dem Handy {number}",
+      renew: "Neuen QR-Code anzeigen",
+      validFor: "Gültig für {time}",
+    },
+    fr: {
+      loading: "Préparation du code QR…",
+      pending: "Scannez le code QR avec l’application pour vous connecter.",
+      scanned: "{name} a scanné le code. Confirmez sur le téléphone.",
+      someone: "Quelqu’un",
+      approved: "Approuvé sur le téléphone. Connexion en cours…",
+      success: "Connecté.",
+      denied: "Annulé sur le téléphone.",
+      renewing: "Le code QR a expiré. En voici un nouveau.",
+      expired: "Le code QR a expiré.",
+      offline: "Connexion perdue. Nouvelle tentative…",
+      error: "Une erreur s’est produite : {error}.",
+      busy: "Trop de tentatives. Nouvel essai dans {seconds} s…",
+      alt: "Code QR de connexion : scannez-le avec l’application ou saisissez le code {code} dans l’application.",
+      code: "Pas de caméra ? Saisissez le code {code} dans l’application.",
+      binding: "Quand l’application le demande, choisissez {number}",
+      bindingScanned: "Sur le téléphone, choisissez {number}",
+      renew: "Afficher un nouveau code QR",
+      validFor: "Valable {time}",
+    },
+    es: {
+      loading: "Preparando un código QR…",
+      pending: "Escanea el código QR con la app para iniciar sesión.",
+      scanned: "{name} escaneó el código. Confirma en el teléfono.",
+      someone: "Alguien",
+      approved: "Aprobado en el teléfono. Iniciando sesión…",
+      success: "Sesión iniciada.",
+      denied: "Cancelado en el teléfono.",
+      renewing: "El código QR caducó. Aquí tienes uno nuevo.",
+      expired: "El código QR caducó.",
+      offline: "Se perdió la conexión. Reintentando…",
+      error: "Algo salió mal: {error}.",
+      busy: "Demasiados intentos. Reintentando en {seconds} s…",
+      alt: "Código QR para iniciar sesión: escanéalo con la app o introduce el código {code} en la app.",
+      code: "¿Sin cámara? Introduce el código {code} en la app.",
+      binding: "Cuando la app lo pida, elige {number}",
+      bindingScanned: "En el teléfono, elige {number}",
+      renew: "Mostrar un código QR nuevo",
+      validFor: "Válido durante {time}",
+    },
+    ja: {
+      loading: "QRコードを準備しています…",
+      pending: "アプリでQRコードをスキャンしてログインしてください。",
+      scanned: "{name} がコードをスキャンしました。スマートフォンで確認してください。",
+      someone: "誰か",
+      approved: "スマートフォンで承認されました。ログインしています…",
+      success: "ログインしました。",
+      denied: "スマートフォンでキャンセルされました。",
+      renewing: "QRコードの有効期限が切れました。新しいコードです。",
+      expired: "QRコードの有効期限が切れました。",
+      offline: "接続が切れました。再試行しています…",
+      error: "問題が発生しました: {error}。",
+      busy: "試行回数が多すぎます。{seconds} 秒後に再試行します…",
+      alt: "ログイン用QRコード: アプリでスキャンするか、アプリでコード {code} を入力してください。",
+      code: "カメラがない場合は、アプリでコード {code} を入力してください。",
+      binding: "アプリで聞かれたら {number} を選んでください",
+      bindingScanned: "スマートフォンで {number} を選んでください",
+      renew: "新しいQRコードを表示",
+      validFor: "有効期限 {time}",
+    },
   };
+  var TEXTS = LOCALES.en;
+
+  /** The language of LOCALES for a tag or list of tags (the first one spoken), or null. */
+  function localeOf(tags) {
+    var list = Array.isArray(tags) ? tags : [tags];
+    for (var i = 0; i < list.length; i++) {
+      if (typeof list[i] !== "string" || !list[i]) continue;
+      var primary = list[i].trim().replace(/_/g, "-").split("-")[0].toLowerCase();
+      if (Object.prototype.hasOwnProperty.call(LOCALES, primary)) return primary;
+    }
+    return null;
+  }
+  function pageLocale() {
+    var lang = typeof document !== "undefined" && document.documentElement
+      ? document.documentElement.getAttribute("lang") : null;
+    var nav = typeof navigator !== "undefined" ? (navigator.languages || [navigator.language]) : [];
+    return localeOf(lang) || localeOf(nav) || "en";
+  }
+
 
   // -- small helpers --------------------------------------------------------------------------
   function fill(text, values) {
@@ -285,7 +410,8 @@
         stylesheet: stylesheet,
       }, options || {});
       this.options.issuer = String(this.options.issuer).replace(/\/+$/, "");
-      this.texts = Object.assign({}, TEXTS, this.options.texts || {});
+      this.locale = localeOf(this.options.locale) || pageLocale();
+      this.texts = Object.assign({}, LOCALES.en, LOCALES[this.locale], this.options.texts || {});
       this.follow = !!this.options.ticket || typeof this.options.renew === "function";
       if (!this.follow && !this.options.clientId) throw new TypeError("QrLogin.mount needs clientId");
       this.state = "idle";
@@ -298,7 +424,9 @@
     // DOM ----------------------------------------------------------------------------------------
     build() {
       loadStylesheet(this.options.stylesheet);
-      var root = el("div", "qrl", { "data-state": "loading", tabindex: "-1" });
+      // (its language said, for screen readers, when it differs from the page's)
+      var root = el("div", "qrl", { "data-state": "loading", tabindex: "-1",
+        lang: this.locale === "zh" ? "zh-CN" : this.locale });
       var frame = el("div", "qrl-frame");
       var qr = el("img", "qrl-qr", { width: "240", height: "240", alt: "", decoding: "async" });
       qr.hidden = true;
@@ -684,7 +812,7 @@
         if (user && s !== "expired") this.showUser(user);
         if (s === "scanned" && !scanned) {
           scanned = true;
-          this.setState("scanned", fill(this.texts.scanned, { name: (user && user.name) || "Someone" }));
+          this.setState("scanned", fill(this.texts.scanned, { name: (user && user.name) || this.texts.someone }));
           if (t.binding_code) this.showBinding(t.binding_code, this.texts.bindingScanned);
           this.emit("scanned", [user || {}]);
         }
@@ -760,6 +888,7 @@
     if (d.clientId) options.clientId = d.clientId;
     if (d.scope) options.scope = d.scope;
     if (d.dpop === "false" || d.dpop === "off") options.dpop = false;
+    if (d.locale) options.locale = d.locale;
     if (d.ticket) {
       options.ticket = {
         ticket: d.ticket, qr_image: d.qrImage, user_code: d.userCode,
@@ -815,6 +944,7 @@
     verifyIdToken: verifyIdToken,
     decodeJwt: decodeJwt,
     texts: TEXTS,
+    locales: LOCALES,
     Error: QrLoginError,
   };
 
