@@ -142,14 +142,13 @@ def status_key(secret: str) -> str:
 
 
 # -- the phone's side --------------------------------------------------------------------------
-def mobile(parts, action: str, authorization: str | None,
-           params: Callable[[], Mapping[str, str]], remote_addr: str | None,
-           proof: Proof | None = None) -> Answer:
-    """``scan``, ``approve`` or ``deny`` for the signed-in phone app (Bearer ``qr:approve``).
-    ``params()`` reads the body (raising ``OAuth2Error`` for one that is not a body)."""
+def phone_user(parts, authorization: str | None, params: Callable[[], Mapping[str, str]],
+               proof: Proof | None):
+    """The phone app's user, its token's row and the body's parameters, for every endpoint of
+    the phone (Bearer or DPoP, scope ``qr:approve``); or the refusal to answer."""
     try:
-        _claims, _row, user = authenticate_bearer(parts, authorization,
-                                                  required_scope="qr:approve", proof=proof)
+        _claims, row, user = authenticate_bearer(parts, authorization,
+                                                 required_scope="qr:approve", proof=proof)
     except BearerError as exc:
         return bearer_error(exc)
     if user is None:
@@ -158,6 +157,18 @@ def mobile(parts, action: str, authorization: str | None,
         data = params()
     except OAuth2Error as exc:
         return oauth_refusal(exc)
+    return row, user, data
+
+
+def mobile(parts, action: str, authorization: str | None,
+           params: Callable[[], Mapping[str, str]], remote_addr: str | None,
+           proof: Proof | None = None) -> Answer:
+    """``scan``, ``approve`` or ``deny`` for the signed-in phone app (Bearer ``qr:approve``).
+    ``params()`` reads the body (raising ``OAuth2Error`` for one that is not a body)."""
+    signed_in = phone_user(parts, authorization, params, proof)
+    if isinstance(signed_in, Answer):
+        return signed_in
+    _row, user, data = signed_in
     scan_code, user_code = data.get("scan_code"), data.get("user_code")
     if not scan_code and not user_code:
         return error("invalid_request", 400, "Send scan_code (from the QR) or user_code.")
@@ -229,17 +240,10 @@ def inbox(parts, authorization: str | None, params: Callable[[], Mapping[str, st
           proof: Proof | None = None) -> Inbox | Answer:
     """The signed-in user's (Bearer ``qr:approve``) undecided push requests; with ``wait`` (and
     the ``cursor`` of the last answer) the caller may hold the answer until they change."""
-    try:
-        _claims, _row, user = authenticate_bearer(parts, authorization,
-                                                  required_scope="qr:approve", proof=proof)
-    except BearerError as exc:
-        return bearer_error(exc)
-    if user is None:
-        return bearer_error(BearerError("invalid_token", 401, "The token names no user."))
-    try:
-        data = params()
-    except OAuth2Error as exc:
-        return oauth_refusal(exc)
+    signed_in = phone_user(parts, authorization, params, proof)
+    if isinstance(signed_in, Answer):
+        return signed_in
+    _row, user, data = signed_in
     try:
         wait = float(data.get("wait") or 0)
     except ValueError:
@@ -270,17 +274,10 @@ def phone_sessions(parts, authorization: str | None, params: Callable[[], Mappin
     ``sid`` ended (``qr_end_session_endpoint``): its tokens revoked, its clients told by
     back-channel logout (grants/logout.py). The sign-in the app itself uses is marked
     ``current`` and is not ended here: the app signs out for that."""
-    try:
-        _claims, row, user = authenticate_bearer(parts, authorization,
-                                                 required_scope="qr:approve", proof=proof)
-    except BearerError as exc:
-        return bearer_error(exc)
-    if user is None:
-        return bearer_error(BearerError("invalid_token", 401, "The token names no user."))
-    try:
-        data = params()
-    except OAuth2Error as exc:
-        return oauth_refusal(exc)
+    signed_in = phone_user(parts, authorization, params, proof)
+    if isinstance(signed_in, Answer):
+        return signed_in
+    row, user, data = signed_in
     logouts = parts.logouts
     if not end:
         listed = logouts.sessions(user.id)
