@@ -78,17 +78,25 @@ class StatusRequest:
     known: str | None  # the status the page has (last_status)
 
 
-def status_request(data: Mapping[str, str], long_poll_max: float) -> StatusRequest | Answer:
-    """The parameters of a status request, or the refusal to answer."""
-    secret = data.get("ticket")
-    if not secret:
-        return error("invalid_request", 400, "Missing 'ticket'.")
+def wait_of(data: Mapping[str, str]) -> float | Answer:
+    """A long poll's ``wait``: seconds (0 when absent), or the refusal of one that is not."""
     try:
         wait = float(data.get("wait") or 0)
     except ValueError:
         wait = -1.0
     if not 0 <= wait < 1e6:  # (also NaN)
         return error("invalid_request", 400, "'wait' must be a number of seconds.")
+    return wait
+
+
+def status_request(data: Mapping[str, str], long_poll_max: float) -> StatusRequest | Answer:
+    """The parameters of a status request, or the refusal to answer."""
+    secret = data.get("ticket")
+    if not secret:
+        return error("invalid_request", 400, "Missing 'ticket'.")
+    wait = wait_of(data)
+    if isinstance(wait, Answer):
+        return wait
     return StatusRequest(secret, min(wait, float(long_poll_max)), data.get("last_status"))
 
 
@@ -244,12 +252,9 @@ def inbox(parts, authorization: str | None, params: Callable[[], Mapping[str, st
     if isinstance(signed_in, Answer):
         return signed_in
     _row, user, data = signed_in
-    try:
-        wait = float(data.get("wait") or 0)
-    except ValueError:
-        wait = -1.0
-    if not 0 <= wait < 1e6:  # (also NaN)
-        return error("invalid_request", 400, "'wait' must be a number of seconds.")
+    wait = wait_of(data)
+    if isinstance(wait, Answer):
+        return wait
     known = data.get("cursor") or None
     if known is not None and len(known) > 64:
         return error("invalid_request", 400, "'cursor' is not one this endpoint gave.")
