@@ -826,12 +826,13 @@ def record(page, *endpoints: str) -> list[dict]:
     def answered(response):
         for entry in seen:
             if entry["request"] is response.request:
-                entry["status"] = response.status
-                entry["answer_headers"] = response.headers
+                # the body is a round trip to the browser, during which the test may run on:
+                # the entry gets status and body together, once both are known (``settled``)
                 try:
-                    entry["body"] = response.json()
+                    body = response.json()
                 except Exception:
-                    entry["body"] = None
+                    body = None
+                entry.update(status=response.status, answer_headers=response.headers, body=body)
 
     def sent(request):
         if urlsplit(request.url).path.endswith(endpoints):
@@ -841,6 +842,17 @@ def record(page, *endpoints: str) -> list[dict]:
     page.on("request", sent)
     page.on("response", answered)
     return seen
+
+
+def settled(page, calls: list[dict], path: str) -> list[dict]:
+    """The recorded ``calls`` to ``path``, once each has its answer (``record`` fills it in as the
+    browser's answer events arrive, which may be a moment after the page has moved on)."""
+    deadline = time.monotonic() + 10
+    mine = [c for c in calls if c["path"] == path]
+    while any("status" not in c for c in mine) and time.monotonic() < deadline:
+        page.wait_for_timeout(50)  # lets Playwright deliver the pending events
+        mine = [c for c in calls if c["path"] == path]
+    return mine
 
 
 def qr_login_with_the_widget(contexts, demo, url: str):
@@ -926,7 +938,7 @@ def test_phone_token_is_bound_to_a_key_kept_in_the_browser(contexts, demo):
     phone = contexts.page(PHONE)
     calls = record(phone, "/token", "/qr/inbox", "/qr/approve", "/qr/deny")
     phone_signs_in(phone, demo)
-    exchange = [c for c in calls if c["path"] == "/token"]
+    exchange = settled(phone, calls, "/token")
     assert len(exchange) == 1
     jkt = proof_jkt(exchange[0]["headers"]["dpop"])
     assert exchange[0].get("status") == 200 and exchange[0]["body"]["token_type"] == "DPoP"
@@ -1011,8 +1023,8 @@ def test_widget_and_phone_retry_with_the_servers_dpop_nonce(contexts, nonce_demo
     phone = contexts.page(PHONE)
     phone_calls = record(phone, "/token", "/qr/inbox")
     phone_signs_in(phone, demo)
-    exchange = [c for c in phone_calls if c["path"] == "/token"]
-    assert [c["status"] for c in exchange] == [400, 200]
+    exchange = settled(phone, phone_calls, "/token")
+    assert [c.get("status") for c in exchange] == [400, 200]
     assert exchange[0]["body"]["error"] == "use_dpop_nonce"
     inbox = [c for c in phone_calls if c["path"] == "/qr/inbox"]
     assert inbox and all(proof_parts(c["headers"]["dpop"])[1].get("nonce") for c in inbox)
