@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -259,23 +260,37 @@ def test_past_the_process_ceiling_a_long_poll_answers_at_once_and_a_leaving_one_
         provider.stop()
 
 
-def test_stopping_the_server_answers_the_held_long_polls(tmp_path):
+def test_stopping_the_server_answers_the_held_long_polls_and_those_waiting_their_turn(tmp_path):
+    """SIGTERM answers every long poll at once: the held ones, and the unheld ones of a flood
+    that wait their turn (one a second per address, for up to their own ``wait``: here the
+    last would wait about 25 s) instead of keeping the process alive until they are due."""
     provider = Provider(tmp_path)
     provider.start()
     try:
         web = provider.create_client("--name", "Stopping shop")
         tickets = [provider.ticket(web)["ticket"] for _ in range(5)]
+        flooded = provider.ticket(web)["ticket"]
 
         async def scenario():
             polls = await open_all(provider.port, tickets)
-            await settle(polls, 1.0)
+            # four held on one ticket, one more answered at once, 25 waiting their turn
+            flood = await open_all(provider.port, [flooded] * 30, wait="60")
+            await settle(polls + flood, 1.5)
             assert answered(polls) == []
+            early = len(answered(flood))
             await in_thread(provider.stop)
-            await settle(polls, 10.0)
-            return answered(polls)
+            await settle(polls + flood, 10.0)
+            return answered(polls), early, answered(flood), provider.proc.returncode
 
-        answers = asyncio.run(scenario())
+        answers, early, flood_answers, code = asyncio.run(scenario())
         assert len(answers) == 5
         assert all(status == 200 and body["status"] == "pending" for status, body in answers)
+        assert early <= 3  # the one answered at once, and one a second after it
+        assert len(flood_answers) == 30
+        assert all(status == 200 and body["status"] == "pending"
+                   for status, body in flood_answers)
+        # it stopped by itself (uvicorn ends by raising the signal it stopped for again), not
+        # killed with SIGKILL once the 15 s grace of ``Provider.stop`` was over
+        assert code in (0, -signal.SIGTERM), code
     finally:
         provider.stop()

@@ -23,6 +23,11 @@ from qr_oidc.provider.web import actions
 from qr_oidc.provider.web.event_request import Request
 
 
+def _done(turn: asyncio.Future) -> None:
+    if not turn.done():
+        turn.set_result(None)
+
+
 class Watch:
     """The long polls held on one ticket in this process, and what they last read."""
 
@@ -47,6 +52,7 @@ class LongPolls:
         self.limit = settings.long_poll_limit
         self.watches: dict[str, Watch] = {}
         self._paced: dict[str, float] = {}  # address -> when its last unheld answer is due
+        self._pacing: set[asyncio.Future] = set()  # the unheld answers waiting their turn
         self.held = 0
         self.stopping = False
 
@@ -54,6 +60,8 @@ class LongPolls:
         """The server stops: every held long poll answers now with what it knows."""
         self.stopping = True
         self.parts.notifier.publish_all()
+        for turn in self._pacing:  # and those waiting their turn answer now, too
+            _done(turn)
 
     async def answer(self, request: Request, receive) -> actions.Answer:
         try:
@@ -85,7 +93,10 @@ class LongPolls:
         its own ``wait``. A page never needs more than one long poll per ticket (and the widget
         waits a second before asking again), so this touches only a flood: whatever it does,
         reconnecting included, it gets one such answer a second per address, and what waits
-        meanwhile is a sleeping coroutine, as cheap as a held long poll."""
+        meanwhile is a sleeping coroutine, as cheap as a held long poll. When the server
+        stops, they answer at once, as the held ones do (``shutting_down``)."""
+        if self.stopping:
+            return
         address = request.ip or ""
         now = time.monotonic()
         paced = self._paced
@@ -95,7 +106,15 @@ class LongPolls:
         due = min(max(now, paced.get(address, 0.0) + 1.0), now + max(0.0, wait))
         paced[address] = max(due, paced.get(address, 0.0))
         if due > now:
-            await asyncio.sleep(due - now)
+            loop = asyncio.get_running_loop()
+            turn = loop.create_future()
+            timer = loop.call_later(due - now, _done, turn)
+            self._pacing.add(turn)
+            try:
+                await turn
+            finally:
+                timer.cancel()
+                self._pacing.discard(turn)
 
     async def _hold(self, request: Request, receive, key: str, asked, state) -> actions.Answer:
         notifier = self.parts.notifier
