@@ -4,11 +4,13 @@ against real servers in test_cluster.py; this checks the watcher itself on a rea
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -46,8 +48,6 @@ def test_the_watcher_hears_every_event_after_it_started_even_once_the_table_was_
 
 
 def test_the_maintenance_purge_keeps_a_minute_of_events(tmp_path):
-    from sqlalchemy import select
-
     from qr_oidc.provider.storage.notify import EVENT_RETENTION, purge_events
 
     database = Database(f"sqlite:///{tmp_path / 'events.db'}")
@@ -71,10 +71,72 @@ def test_the_watcher_recovers_when_the_numbers_go_back(tmp_path):
     watcher = SqliteWatcher(database.engine, notifier)
     watcher.poll_once()
     watcher.last = 10**9  # what it saw before the restore
-    for _ in range(100):  # it checks every 100 rounds (5 s at 50 ms)
-        watcher.poll_once()
+    watcher.poll_once()
+    assert watcher.last == 10**9  # an ordinary round reads only what comes after
+    watcher.full_round()  # every 100 rounds (5 s at 50 ms)
     assert watcher.last < 10**9
     with database.engine.begin() as connection:
         connection.execute(insert(TicketEvent).values(ticket_id="after", at=time.time()))
     assert watcher.poll_once() == 1 and notifier.version("after") == 1
+    database.engine.dispose()
+
+
+def _event(database, ticket_id):
+    with database.engine.begin() as connection:
+        connection.execute(insert(TicketEvent).values(ticket_id=ticket_id, at=time.time()))
+
+
+def test_the_watcher_reads_the_table_only_after_a_commit(tmp_path):
+    """``changed``: PRAGMA data_version on the watcher's own connection moves when another
+    connection commits, and only then."""
+    database = Database(f"sqlite:///{tmp_path / 'events.db'}")
+    database.prepare()
+    notifier = LocalNotifier()
+    watcher = SqliteWatcher(database.engine, notifier)
+    assert watcher.full_round() == 0
+    assert watcher.changed() is False
+    assert watcher.changed() is False
+    _event(database, "a")  # another connection (the engine's) commits
+    assert watcher.changed() is True
+    assert watcher.changed() is False  # told once
+    assert watcher.poll_once() == 1 and notifier.version("a") == 1
+    with database.engine.connect() as connection:  # a read commits nothing
+        connection.execute(select(TicketEvent.seq)).all()
+    assert watcher.changed() is False
+    database.engine.dispose()
+
+
+def test_an_idle_watcher_does_not_read_and_a_commit_wakes_it(tmp_path):
+    """The watcher's loop on an event loop: idle rounds cost no database read in a thread;
+    an event committed meanwhile is published within a few rounds."""
+    database = Database(f"sqlite:///{tmp_path / 'events.db'}")
+    database.prepare()
+    notifier = LocalNotifier()
+    reads = []
+
+    class Watcher(SqliteWatcher):
+        interval = 0.01
+
+        def poll_once(self, check=False):
+            reads.append(check)
+            return super().poll_once(check)
+
+    async def scenario():
+        notifier.bind(asyncio.get_running_loop())
+        with ThreadPoolExecutor(1) as pool:
+            task = asyncio.create_task(Watcher(database.engine, notifier).run(pool))
+            await asyncio.sleep(0.6)  # about 60 rounds with nothing committed
+            idle = list(reads)
+            await asyncio.get_running_loop().run_in_executor(pool, _event, database, "b")
+            for _ in range(200):
+                if notifier.version("b"):
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return idle
+
+    idle = asyncio.run(scenario())
+    assert idle == [True]  # only the first (full) round read the table
+    assert notifier.version("b") == 1
     database.engine.dispose()

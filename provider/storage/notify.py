@@ -6,7 +6,8 @@ that LISTENs and wakes its own waiters, so a long poll on instance A answers as 
 approval commits on instance B, with no extra infrastructure. SQLite has no NOTIFY: there every
 transition writes a ``ticket_events`` row in its transaction, and each serving process reads the
 rows after the last it saw every ``SqliteWatcher.interval`` (50 ms; one indexed ``SELECT``, however
-many long polls wait), so the workers of ``--workers N`` wake each other too.
+many long polls wait, and only after a commit: ``PRAGMA data_version`` on a connection of its own
+tells, on the event loop, without a thread), so the workers of ``--workers N`` wake each other too.
 
 The waiters are coroutines on the server's event loop (provider/web/longpoll.py): a waiting page
 costs a future, not a thread. They also re-read the database at least every ``recheck`` seconds
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 
@@ -163,22 +165,66 @@ async def pg_listen(url, notifier: LocalNotifier, ready: asyncio.Event | None = 
 
 class SqliteWatcher:
     """Feeds a LocalNotifier from ``ticket_events``: SQLite's LISTEN, for the other processes
-    (gunicorn workers, other instances on the same file) on the same database."""
+    (gunicorn workers, other instances on the same file) on the same database.
+
+    An idle server does not read the table 20 times a second: each round first asks SQLite
+    whether anything was committed since the last look (``PRAGMA data_version``, which changes
+    when another connection commits; microseconds, no I/O in WAL mode beyond the shared-memory
+    index), on the event loop, and reads the events in a database thread only then. Every
+    ``full_every`` rounds (5 s) it reads anyway, on a freshly opened probe, as a safety net: a
+    database file replaced under the server (restored from a backup) is seen that way."""
 
     interval = 0.05
+    full_every = 100
 
     def __init__(self, engine, notifier: LocalNotifier):
         self.engine, self.notifier = engine, notifier
         self.last: int | None = None
         self._rounds = 0
+        self._probe: sqlite3.Connection | None = None
+        self._version: int | None = None
 
-    def poll_once(self) -> int:
-        """Publish the events after the last one seen; returns how many."""
+    def _open_probe(self) -> None:
+        """(In a database thread.) A connection of the watcher's own for ``data_version``: it
+        never waits for a lock (``timeout=0``: a busy database is read in the thread instead)
+        and holds no transaction open."""
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        path = self.engine.url.database
+        if not path or path == ":memory:":
+            return  # no other process can share it: every round reads, as before
+        try:
+            self._probe = sqlite3.connect(path, timeout=0, isolation_level=None,
+                                          check_same_thread=False)
+            self._version = self._probe.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            self._probe = None
+
+    def changed(self) -> bool:
+        """(On the event loop.) Whether anything may have been committed since the last look."""
+        if self._probe is None:
+            return True
+        try:
+            version = self._probe.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:  # busy, or gone: read the table to be sure
+            return True
+        if version == self._version:
+            return False
+        self._version = version
+        return True
+
+    def full_round(self) -> int:
+        """(In a database thread.) A new probe, then the events, whatever the probe says."""
+        self._open_probe()
+        return self.poll_once(check=True)
+
+    def poll_once(self, check: bool = False) -> int:
+        """Publish the events after the last one seen; returns how many. With ``check``, also
+        make sure the numbers did not go back (a database restored from a backup)."""
         with self.engine.connect() as connection:
-            self._rounds += 1
-            if self.last is None or self._rounds % 100 == 0:
-                # start from now (earlier changes are in the rows already); and every 5 s make
-                # sure the numbers did not go back (a database restored from a backup)
+            if self.last is None or check:
+                # start from now (earlier changes are in the rows already)
                 top = connection.scalar(select(func.max(TicketEvent.seq))) or 0
                 if self.last is None or top < self.last:
                     self.last = top
@@ -195,11 +241,21 @@ class SqliteWatcher:
         """Read the events every ``interval`` in a thread of ``executor`` until cancelled."""
         loop = asyncio.get_running_loop()
         warned = 0.0
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await loop.run_in_executor(executor, self.poll_once)
-            except Exception as exc:  # a locked or busy database: the next round reads again
-                if time.monotonic() - warned > 60:  # once a minute, not 20 times a second
-                    warned = time.monotonic()
-                    log.warning("ticket event read failed (%s)", type(exc).__name__)
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                self._rounds += 1
+                full = self._rounds % self.full_every == 1  # the first round, then every 5 s
+                if not full and not self.changed():
+                    continue
+                try:
+                    await loop.run_in_executor(executor,
+                                               self.full_round if full else self.poll_once)
+                except Exception as exc:  # a locked or busy database: the next round reads again
+                    self._version = None
+                    if time.monotonic() - warned > 60:  # once a minute, not 20 times a second
+                        warned = time.monotonic()
+                        log.warning("ticket event read failed (%s)", type(exc).__name__)
+        finally:
+            if self._probe is not None:
+                self._probe.close()
