@@ -35,6 +35,14 @@ def test_the_wheel_installs_one_import_name(wheel):
                    "qr_oidc/provider/storage/migrations/versions/0001_initial_schema.py",
                    "qr_oidc/grants/token_core.py", "qr_oidc/keys/keyset.py"):
         assert needed in names, needed
+    # every file of the data folders the web layer and the migrations read, whatever is added
+    for folder, under in (("provider/web/templates", "*"), ("provider/web/static", "**/*"),
+                          ("provider/web/translations", "**/*.[mp]o"),
+                          ("provider/storage/migrations", "**/*.py")):
+        for path in (ROOT / folder).glob(under):
+            if path.is_file() and "__pycache__" not in path.parts:
+                inside = "qr_oidc/" + path.relative_to(ROOT).as_posix()
+                assert inside in names, inside
 
 
 def test_installed_beside_a_module_named_keys(wheel, tmp_path):
