@@ -4,8 +4,9 @@ Logger ``qr_oidc.audit``; ``qr-oidc serve`` writes it to standard error as bare 
 (``{"ts": …, "event": "ticket.approved", "ticket": "<internal id>", "client_id": …, "user": <sub>,
 "ip": …, "user_agent": …}``). Events: ``ticket.created``, ``ticket.scanned``, ``ticket.approved``,
 ``ticket.denied``, ``ticket.redeemed``, ``ticket.expired``, ``signin``, ``signin.failed``,
-``signin.refused``. A ticket is named by its internal id, never by one of its secrets; no token or
-code is ever logged.
+``signin.refused``, ``password.rehashed`` (a sign-in stored the password again with the cost
+``PASSWORD_COST`` asks for). A ticket is named by its internal id, never by one of its secrets;
+no token or code is ever logged.
 """
 
 from __future__ import annotations

@@ -93,10 +93,12 @@ def binding_choices(correct: str, seed: str) -> list[str]:
 _HASHING = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
 
 
-# scrypt's cost (RFC 7914): N=2^15, r=8, p=1, a 64-byte key; stored as
-# ``scrypt:N:r:p$<salt>$<hex>``, the format Werkzeug's generate_password_hash writes (earlier
-# versions used it), so hashes already stored keep working and no web framework is needed here
-_SCRYPT = (2**15, 8, 1)
+# scrypt's cost (RFC 7914): N=2^PASSWORD_COST (2^15 unless the operator sets another), r=8,
+# p=1, a 64-byte key; stored as ``scrypt:N:r:p$<salt>$<hex>``, the format Werkzeug's
+# generate_password_hash writes (earlier versions used it), so hashes already stored keep working
+# and no web framework is needed here. A hash keeps the cost it was made with.
+DEFAULT_PASSWORD_COST = 15
+_SCRYPT = (2**DEFAULT_PASSWORD_COST, 8, 1)
 _SALT_CHARS = string.ascii_letters + string.digits
 
 
@@ -120,11 +122,25 @@ def _derive(method: str, salt: str, password: str) -> str | None:
     return None
 
 
-def hash_password(password: str) -> str:
+def hash_password(password: str, cost: int = DEFAULT_PASSWORD_COST) -> str:
+    """A salted scrypt hash of ``password`` with N = 2^``cost`` (settings.password_cost)."""
     salt = "".join(secrets.choice(_SALT_CHARS) for _ in range(16))
-    method = "scrypt:{}:{}:{}".format(*_SCRYPT)
+    method = f"scrypt:{2**cost}:{_SCRYPT[1]}:{_SCRYPT[2]}"
     with _HASHING:
         return f"{method}${salt}${_derive(method, salt, password)}"
+
+
+def needs_rehash(password_hash: str, cost: int) -> bool:
+    """Whether a stored hash is weaker than ``cost`` asks for: scrypt with a smaller N, or not
+    scrypt at all (an older pbkdf2 one). A stronger one is kept as it is."""
+    name, *args = password_hash.split("$", 1)[0].split(":")
+    if name != "scrypt":
+        return True
+    try:
+        n = int(args[0]) if args else _SCRYPT[0]
+    except ValueError:
+        return True
+    return n < 2**cost
 
 
 def check_password(password_hash: str, password: str) -> bool:

@@ -78,6 +78,10 @@ class Settings:
     key_refresh: float = 5.0  # seconds between an instance's re-reads of the key table
     key_rotation_period: int = 0  # seconds an active key signs before automatic rotation; 0: off
     maintenance_interval: int = 30  # seconds between background purges and rotation checks
+    # Passwords: scrypt with N = 2^PASSWORD_COST (12 to 20; 15 takes about a sixth of a second of
+    # a core per hash here, each step up doubles it). A hash keeps the cost it was made with; a
+    # sign-in re-hashes a password stored with less. Below 15 only for tests and development.
+    password_cost: int = 15
     # Server
     workers: int = 1
     threads: int = 64  # threads per worker for what Flask serves (pages, discovery, tickets)
@@ -209,6 +213,9 @@ def _rules(values: dict) -> dict[str, str]:
                                           f"characters) when {PREFIX}PUSH_WEBHOOK is")
     if values["metrics_token"] and len(values["metrics_token"]) < 16:
         bad["METRICS_TOKEN"] = f"{PREFIX}METRICS_TOKEN must be at least 16 characters"
+    if not 12 <= values["password_cost"] <= 20:
+        bad["PASSWORD_COST"] = (f"{PREFIX}PASSWORD_COST must be 12 to 20 (scrypt's N is 2 to "
+                                f"that power; 15 is the default), not {values['password_cost']}")
     if values["push_max_ttl"] < values["push_ttl"]:
         bad["PUSH_MAX_TTL"] = f"{PREFIX}PUSH_MAX_TTL must be at least {PREFIX}PUSH_TTL"
     for name in ("POLL_INTERVAL", "TICKET_TTL", "SESSION_IDLE", "SESSION_LIFETIME",

@@ -43,9 +43,11 @@ def wrong_login(server: Provider, username: str, password: str = "wrong") -> int
 @pytest.fixture(params=["sqlite", "postgresql"])
 def small_pool(request, tmp_path):
     """Two database connections per process and no overflow: a request that held one through
-    a password hash, or needed two, would starve the others within the pool timeout."""
+    a password hash, or needed two, would starve the others within the pool timeout. Passwords
+    at the default cost (a sixth of a second of a core each), not the suite's cheap one."""
     server = Provider(tmp_path, {"QR_OIDC_DB_POOL_SIZE": "2", "QR_OIDC_DB_MAX_OVERFLOW": "0",
-                                 "QR_OIDC_DB_POOL_TIMEOUT": "3"}, backend=request.param)
+                                 "QR_OIDC_DB_POOL_TIMEOUT": "3", "QR_OIDC_PASSWORD_COST": "15"},
+                      backend=request.param)
     server.start()
     yield server
     server.stop()

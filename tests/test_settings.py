@@ -45,7 +45,8 @@ def test_every_bad_variable_gets_its_own_line():
 
 @pytest.mark.parametrize("name, raw", [("WORKERS", "1.5"), ("KEY_REFRESH", "nan"),
                                        ("KEY_REFRESH", "inf"), ("POLL_INTERVAL", "0"),
-                                       ("DATABASE_URL", "sqlite:///:memory:")])
+                                       ("DATABASE_URL", "sqlite:///:memory:"),
+                                       ("PASSWORD_COST", "11"), ("PASSWORD_COST", "21")])
 def test_bad_values(name, raw):
     with pytest.raises(ConfigError, match=f"QR_OIDC_{name}"):
         load(environ={f"QR_OIDC_{name}": raw})
@@ -59,3 +60,9 @@ def test_unknown_override_is_an_error():
 def test_replace_keeps_the_rest():
     settings = load(environ={"QR_OIDC_PORT": "9000"}).replace(demo=True)
     assert isinstance(settings, Settings) and settings.demo and settings.port == 9000
+
+
+def test_the_password_cost_takes_12_to_20():
+    assert load(environ={}).password_cost == 15
+    assert load(environ={"QR_OIDC_PASSWORD_COST": "12"}).password_cost == 12
+    assert load(environ={"QR_OIDC_PASSWORD_COST": "20"}).password_cost == 20

@@ -501,8 +501,10 @@ def users_create(username, password, name, email, picture, as_json):
         raise click.BadParameter("must be at least 4 characters", param_hint="--password")
     if picture is not None and urlsplit(picture).scheme not in ("http", "https"):
         raise click.BadParameter("must be an http(s) URL", param_hint="--picture")
-    database = _database(_settings())
-    row = create_user(database, username, password, name=name, email=email, picture=picture)
+    settings = _settings()
+    database = _database(settings)
+    row = create_user(database, username, password, settings.password_cost, name=name,
+                      email=email, picture=picture)
     out = {"sub": row.sub, "username": row.username, "name": row.name, "email": row.email,
            "picture": row.picture}
     click.echo(json.dumps(out) if as_json else f"created user {row.username} (sub {row.sub})")
@@ -516,8 +518,9 @@ def users_set_password(username, password):
     cookie stops working at once)."""
     if len(password) < 4:
         raise click.BadParameter("must be at least 4 characters", param_hint="--password")
-    hashed = hash_password(password)  # before a connection is taken
-    database = _database(_settings())
+    settings = _settings()
+    hashed = hash_password(password, settings.password_cost)  # before a connection is taken
+    database = _database(settings)
     with database.session_factory() as session:
         row = session.scalar(select(User).where(User.username == username))
         if row is None:
@@ -528,12 +531,12 @@ def users_set_password(username, password):
     click.echo(f"password of {username} changed; {ended} session(s) ended")
 
 
-def create_user(database, username, password, **profile) -> User:
+def create_user(database, username, password, cost: int, **profile) -> User:
+    hashed = hash_password(password, cost)  # before a connection is taken
     with database.session_factory() as session:
         if session.scalar(select(User.id).where(User.username == username)) is not None:
             raise click.ClickException(f"a user named {username!r} exists already")
-        row = User(sub=new_id(), username=username, password_hash=hash_password(password),
-                   **profile)
+        row = User(sub=new_id(), username=username, password_hash=hashed, **profile)
         session.add(row)
         session.commit()
         return row

@@ -54,7 +54,9 @@ def prepare(app) -> dict:
         if session.scalar(select(User.id).where(User.username == DEMO_USER["username"])) is None:
             session.add(User(
                 sub=new_id(), username=DEMO_USER["username"],
-                password_hash=hash_password(DEMO_USER["password"]), name=DEMO_USER["name"],
+                password_hash=hash_password(DEMO_USER["password"],
+                                            parts.settings.password_cost),
+                name=DEMO_USER["name"],
                 email="dana@example.org", picture=f"{issuer}/static/demo-avatar.svg",
             ))
         if session.get(Client, DEMO_CLIENT_ID) is None:

@@ -46,13 +46,14 @@ from flask import (
     url_for,
 )
 from flask_babel import gettext
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from qr_oidc.provider.audit import audit, flush_after_commit
 from qr_oidc.provider.security import (
     check_password,
     digest,
     hash_password,
+    needs_rehash,
     new_secret,
 )
 from qr_oidc.provider.storage.models import Client, User
@@ -78,7 +79,8 @@ FRESH_SIGN_IN = 60  # seconds a password sign-in counts as the fresh login promp
 CONSENT_TIME = 600  # seconds a consent page may be answered
 MAX_FLOWS = 5  # hosted-page tickets a browser may follow at once (tabs)
 
-_dummy_hash: str | None = None  # an unknown username costs the same hash as a wrong password
+# an unknown username costs the same hash as a wrong password (by cost)
+_dummy_hashes: dict[int, str] = {}
 
 
 def parts():
@@ -146,12 +148,15 @@ def login():
         found = p.db.session.execute(
             select(User.id, User.password_hash).where(User.username == username)).first()
     p.db.session.rollback()  # no connection is held through the (slow) password hash
-    if not check_password(found.password_hash if found else _dummy(), password) or not found:
+    cost = p.settings.password_cost
+    if not check_password(found.password_hash if found else _dummy(cost), password) or not found:
         audit("signin.failed", username=account)
         return render_template("login.html", next=next_url,
                                error=gettext("Wrong username or password.")), 401
     for count in counted:
         p.limiter.give_back(count)
+    if needs_rehash(found.password_hash, cost):  # stored with less than PASSWORD_COST asks
+        _rehash(p, found, password, cost)
     audit("signin", user_id=found.id, amr="pwd")
     sessions.start(found.id, "pwd")
     # the request this sign-in was for counts it as the fresh login prompt=login asks for
@@ -159,11 +164,23 @@ def login():
     return redirect(next_url)
 
 
-def _dummy() -> str:
-    global _dummy_hash
-    if _dummy_hash is None:
-        _dummy_hash = hash_password(new_secret())
-    return _dummy_hash
+def _dummy(cost: int) -> str:
+    """A hash of nothing, checked for an unknown username so that its answer takes as long as a
+    known one's: made with the cost new hashes are made with."""
+    if cost not in _dummy_hashes:
+        _dummy_hashes[cost] = hash_password(new_secret(), cost)
+    return _dummy_hashes[cost]
+
+
+def _rehash(p, found, password: str, cost: int) -> None:
+    """The password again with the configured cost, stored if it is still the one checked (a
+    password changed meanwhile is left alone)."""
+    stronger = hash_password(password, cost)
+    p.db.session.execute(update(User).where(User.id == found.id,
+                                            User.password_hash == found.password_hash)
+                         .values(password_hash=stronger))
+    p.db.session.commit()
+    audit("password.rehashed", user_id=found.id)
 
 
 # -- the authorization endpoint ------------------------------------------------------------------
