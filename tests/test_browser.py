@@ -847,12 +847,8 @@ def record(page, *endpoints: str) -> list[dict]:
 def settled(page, calls: list[dict], path: str) -> list[dict]:
     """The recorded ``calls`` to ``path``, once each has its answer (``record`` fills it in as the
     browser's answer events arrive, which may be a moment after the page has moved on)."""
-    deadline = time.monotonic() + 10
-    mine = [c for c in calls if c["path"] == path]
-    while any("status" not in c for c in mine) and time.monotonic() < deadline:
-        page.wait_for_timeout(50)  # lets Playwright deliver the pending events
-        mine = [c for c in calls if c["path"] == path]
-    return mine
+    events_arrive(page, lambda: all("status" in c for c in calls if c["path"] == path))
+    return [c for c in calls if c["path"] == path]
 
 
 def qr_login_with_the_widget(contexts, demo, url: str):
@@ -1026,6 +1022,9 @@ def test_widget_and_phone_retry_with_the_servers_dpop_nonce(contexts, nonce_demo
     exchange = settled(phone, phone_calls, "/token")
     assert [c.get("status") for c in exchange] == [400, 200]
     assert exchange[0]["body"]["error"] == "use_dpop_nonce"
+    # (the first inbox ask is answered at once; the next ones are held long polls)
+    events_arrive(phone, lambda: any(c["path"] == "/qr/inbox" and c.get("status") == 200
+                                     for c in phone_calls))
     inbox = [c for c in phone_calls if c["path"] == "/qr/inbox"]
     assert inbox and all(proof_parts(c["headers"]["dpop"])[1].get("nonce") for c in inbox)
     assert any(c.get("status") == 200 for c in inbox)
