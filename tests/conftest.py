@@ -21,14 +21,17 @@ from helpers import InProcess, Provider, sign_in_phone
 
 # Modules that take longest, started first: pytest-xdist hands whole modules to its workers in
 # the order of collection (``--dist loadscope``), so a long module collected last would run
-# alone at the end. Others follow in their usual order.
+# alone at the end. Those that mostly wait (poll intervals, retries' backoff, Node clients: their
+# wall time two to four times their CPU) alternate with those that keep a core busy (benchmarks,
+# the fuzzer, the browser), so that the two cores stay busy while some tests wait. Others follow
+# in their usual order.
 LONGEST_FIRST = [
-    "test_bench_smoke.py", "test_openapi.py", "test_browser.py", "test_long_polls.py",
-    "test_openid_client.py", "test_cli.py", "test_ciba.py", "test_hardening.py",
-    "test_languages.py", "test_migrations.py", "test_hosted_sessions.py", "test_progress.py",
-    "test_metrics.py", "test_logout.py", "test_html_fuzz.py", "test_properties.py",
-    "test_push_webhook.py", "test_dpop.py", "test_limits.py", "test_keys.py", "test_tickets.py",
-    "test_cluster.py",
+    "test_bench_smoke.py", "test_openid_client.py", "test_openapi.py", "test_browser.py",
+    "test_ciba.py", "test_long_polls.py", "test_progress.py", "test_cli.py",
+    "test_push_webhook.py", "test_hardening.py", "test_hosted_sessions.py", "test_html_fuzz.py",
+    "test_dpop.py", "test_properties.py", "test_metrics.py", "test_languages.py",
+    "test_logout.py", "test_migrations.py", "test_cluster.py", "test_limits.py", "test_keys.py",
+    "test_tickets.py",
 ]
 
 
