@@ -22,6 +22,7 @@ import logging
 import sqlite3
 import threading
 import time
+from urllib.parse import quote
 
 from sqlalchemy import delete, func, insert, select, text
 
@@ -194,9 +195,9 @@ class SqliteWatcher:
         path = self.engine.url.database
         if not path or path == ":memory:":
             return  # no other process can share it: every round reads, as before
-        try:
-            self._probe = sqlite3.connect(path, timeout=0, isolation_level=None,
-                                          check_same_thread=False)
+        try:  # (mode=rw: a file that is not there is an error, never a new empty database)
+            self._probe = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=0,
+                                          isolation_level=None, check_same_thread=False)
             self._version = self._probe.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error:
             self._probe = None

@@ -20,6 +20,7 @@ in ``provider/web/confirm.py``.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from urllib.parse import parse_qsl, urlencode
@@ -47,6 +48,7 @@ from flask import (
 )
 from flask_babel import gettext
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from qr_oidc.provider.audit import audit, flush_after_commit
 from qr_oidc.provider.security import (
@@ -79,6 +81,7 @@ FRESH_SIGN_IN = 60  # seconds a password sign-in counts as the fresh login promp
 CONSENT_TIME = 600  # seconds a consent page may be answered
 MAX_FLOWS = 5  # hosted-page tickets a browser may follow at once (tabs)
 
+log = logging.getLogger("qr_oidc.pages")
 # an unknown username costs the same hash as a wrong password (by cost)
 _dummy_hashes: dict[int, str] = {}
 
@@ -176,10 +179,15 @@ def _rehash(p, found, password: str, cost: int) -> None:
     """The password again with the configured cost, stored if it is still the one checked (a
     password changed meanwhile is left alone)."""
     stronger = hash_password(password, cost)
-    p.db.session.execute(update(User).where(User.id == found.id,
-                                            User.password_hash == found.password_hash)
-                         .values(password_hash=stronger))
-    p.db.session.commit()
+    try:
+        p.db.session.execute(update(User).where(User.id == found.id,
+                                                User.password_hash == found.password_hash)
+                             .values(password_hash=stronger))
+        p.db.session.commit()
+    except SQLAlchemyError as exc:  # the sign-in stands; the next one tries again
+        p.db.session.rollback()
+        log.warning("password re-hash not stored (%s)", type(exc).__name__)
+        return
     audit("password.rehashed", user_id=found.id)
 
 
